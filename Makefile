@@ -1,0 +1,24 @@
+# Two commands do all set-up on a fresh machine (Debian + Python 3.11):
+#   make demo   # builds .venv if needed, then runs the whole transfer suite on embedded data
+#   make test   # builds .venv if needed, then runs the tests (CI=true also runs slow tests)
+PY := .venv/bin/python
+
+.PHONY: env demo test bench bench-quick lint
+
+env:
+	@./tools/bootstrap.sh
+
+demo: env
+	$(PY) tools/demo.py $(DEMO_ARGS)
+
+test: env
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: env
+	$(PY) bench/run_all.py $(BENCH_ARGS)
+
+bench-quick: env
+	$(PY) bench/run_all.py --quick $(BENCH_ARGS)
+
+lint: env
+	$(PY) -m ruff check .

@@ -1,0 +1,1 @@
+"""Linear-probe and few-shot evaluation of frozen backbones on cached features."""
