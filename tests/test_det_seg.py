@@ -108,8 +108,8 @@ def test_scenes_are_deterministic_and_consistent(tmp_path):
     for rel in ("train/000001.png", "ann_dir/val/000001.png", "annotations/instances_train.json"):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     coco = json.loads((tmp_path / "a/annotations/instances_train.json").read_text())
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     label = np.asarray(Image.open(tmp_path / "a/ann_dir/train/000000.png"))
     for ann in (a for a in coco["annotations"] if a["image_id"] == 0):
         x, y, w, h = ann["bbox"]

@@ -1,0 +1,189 @@
+"""End-to-end: the hand-made inputs under tests/fixtures/tables give exactly the committed
+Markdown and CSV, twice over byte for byte (plots included), and the CLI fails cleanly.
+
+The fixtures cover a complete detection run resumed once, a detection run in progress (last
+line half-written), malformed runs (a non-JSON line; an evaluation lacking the segm metrics the
+config asked for; no dumped config), a failed run (log ending in a traceback), a segmentation
+run finished by a test launch and one still evaluating; probe results with malformed,
+duplicate and half-written lines; a benchmark report with one bad figure.
+
+After an intended change of the output, regenerate the expected files with
+``TINYVIT_UPDATE_EXPECTED=1 python -m pytest tests/test_tables.py`` and review the diff.
+"""
+import filecmp
+import importlib.util
+import json
+import os
+
+import pytest
+
+from tinyvit_backbone.reporting import make_tables
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(ROOT, "tests", "fixtures", "tables")
+EXPECTED = os.path.join(FIX, "expected")
+ARGS = dict(work_dirs=[os.path.join(FIX, "work_dirs")],
+            result_files=[os.path.join(FIX, "results", "probe.jsonl"),
+                          os.path.join(FIX, "results", "probe_running.jsonl")],
+            bench_report=os.path.join(FIX, "bench", "report.json"))
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    out_a = tmp_path_factory.mktemp("tables_a")
+    summary = make_tables(out_dir=str(out_a), **ARGS)
+    return out_a, summary
+
+
+def _files(folder) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), folder)
+                  for d, _, fs in os.walk(folder) for f in fs)
+
+
+def test_outputs_match_expected_markdown_and_csv(outputs):
+    out, _ = outputs
+    names = sorted(n for n in os.listdir(out) if n.endswith((".md", ".csv")))
+    assert "tables.md" in names and "coco.csv" in names
+    if os.environ.get("TINYVIT_UPDATE_EXPECTED"):
+        os.makedirs(EXPECTED, exist_ok=True)
+        for n in names:
+            with open(os.path.join(out, n), "rb") as src, open(os.path.join(EXPECTED, n), "wb") as dst:
+                dst.write(src.read())
+    assert sorted(os.listdir(EXPECTED)) == names
+    for n in names:
+        with open(os.path.join(out, n), encoding="utf-8") as got, \
+                open(os.path.join(EXPECTED, n), encoding="utf-8") as want:
+            assert got.read() == want.read(), f"{n} differs from tests/fixtures/tables/expected"
+
+
+def test_summary_reports_every_run_and_input_problem(outputs):
+    _, summary = outputs
+    assert summary["runs"] == {
+        "cascade-mask-rcnn_tinyvit-21m_fpn_1x_coco": "complete",
+        "faster-rcnn_tinyvit-21m_fpn_1x_coco": "malformed",
+        "mask-rcnn_tinyvit-11m_fpn_1x_coco": "malformed",
+        "mask-rcnn_tinyvit-5m_fpn_1x_coco": "in progress",
+        "orphan_run": "malformed",
+        "retina_tinyvit-5m_1x_coco": "failed",
+        "upernet_tinyvit-21m_8xb2-160k_ade20k-512x512": "complete",
+        "upernet_tinyvit-5m_8xb2-160k_ade20k-512x512": "in progress",
+    }
+    assert summary["tables"] == {"coco": 10, "segmentation": 3, "transfer_paper": 3,
+                                 "linear_probe": 3, "kshot": 2, "episodes": 3, "models": 5}
+    assert summary["records"] == 23
+    malformed = "\n".join(summary["malformed"])
+    assert "probe.jsonl:23: missing field 'metrics'" in malformed
+    assert "probe.jsonl:24: not JSON" in malformed
+    assert "188.0, expected percent" in malformed
+    assert "images_per_s = -3.0" in malformed
+    assert "scalars.json:2 is not a JSON line" in malformed
+    assert "lacks coco/segm_mAP" in malformed
+    assert any("probe_running.jsonl:2" in x for x in summary["in_progress"])
+    assert any("epoch 7/12 (last line still being written)" in x for x in summary["in_progress"])
+    assert any("OutOfMemoryError" in x for x in summary["failed"])
+    assert any("duplicate result" in x for x in summary["warnings"])
+
+
+def test_published_and_ours_side_by_side(outputs):
+    out, _ = outputs
+    coco = (out / "coco.md").read_text()
+    assert "| published | TinyViT-21M | 21.0 | Cascade Mask R-CNN | 1x (as Swin-T) |" in coco
+    # CocoMetric's fractions are shown in percent; the resumed run's newest launch is used.
+    assert "| 49.8 | 69.1 | 54.1 | 32.5 | 53.2 | 65.5 | 43.1 |" in coco
+    assert "(final val, epoch 12)" in coco
+    seg = (out / "segmentation.md").read_text()
+    assert "| 46.07 | 81.80 | 57.21 |" in seg and "(test 20240509_100000)" in seg
+
+
+def test_same_inputs_give_byte_identical_outputs(outputs, tmp_path):
+    out_a, summary_a = outputs
+    summary_b = make_tables(out_dir=str(tmp_path), **ARGS)
+    assert summary_a == summary_b
+    files = _files(out_a)
+    assert files == _files(tmp_path)
+    assert any(f.endswith(".png") for f in files)
+    match, mismatch, errors = filecmp.cmpfiles(out_a, tmp_path, files, shallow=False)
+    assert not mismatch and not errors
+
+
+def test_no_temporary_files_left_and_plots_listed(outputs):
+    out, summary = outputs
+    files = _files(out)
+    assert not [f for f in files if f.endswith(".tmp")]
+    assert files == summary["files"]
+    assert {"plots/accuracy_vs_params.png", "plots/accuracy_vs_throughput.png",
+            "plots/fewshot_cifar-10.png", "plots/fewshot_cropdisease.png"} <= set(files)
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f) == summary
+
+
+def _cli(*args):
+    """tools/make_tables.py's main() in this process (a subprocess would re-import torch)."""
+    spec = importlib.util.spec_from_file_location("make_tables_cli",
+                                                  os.path.join(ROOT, "tools", "make_tables.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(list(args))
+
+
+def test_cli_missing_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _cli("--work-dirs", str(tmp_path / "nope"), "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: work dir not found") and "Traceback" not in err
+    assert not out.exists()
+    assert _cli("--results", str(tmp_path / "nope.jsonl"), "--out", str(out)) == 2
+    assert "results file not found" in capsys.readouterr().err
+    assert _cli("--bench", str(tmp_path / "nope.json"), "--out", str(out)) == 2
+    assert "bench/run_all.py" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_writes_tables(tmp_path, capsys):
+    assert _cli("--work-dirs", os.path.join(FIX, "work_dirs"), "--results",
+                os.path.join(FIX, "results", "probe.jsonl"), "--out", str(tmp_path),
+                "--no-plots") == 0
+    assert "see tables.md" in capsys.readouterr().out
+    assert not (tmp_path / "plots").exists()
+    assert "## Not in the tables" in (tmp_path / "tables.md").read_text()
+
+
+@pytest.mark.slow
+def test_cli_in_a_fresh_process_gives_the_same_bytes(outputs, tmp_path):
+    """Determinism across processes (PNG rendering included), through the real entry point."""
+    import subprocess
+    import sys
+    out_a, _ = outputs
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "make_tables.py"), "--work-dirs",
+         *ARGS["work_dirs"], "--results", *ARGS["result_files"], "--bench",
+         ARGS["bench_report"], "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    files = _files(out_a)
+    assert files == _files(tmp_path)
+    _, mismatch, errors = filecmp.cmpfiles(out_a, tmp_path, files, shallow=False)
+    assert not mismatch and not errors
+
+
+@pytest.mark.slow
+def test_other_backbones_are_counted_through_the_registry(tmp_path):
+    """A Swin-T baseline run: its backbone is built by mmdet's registry (27.5M params)."""
+    import shutil
+
+    from tinyvit_backbone.reporting.runs import read_run
+    name = "cascade-mask-rcnn_tinyvit-21m_fpn_1x_coco"
+    wd = tmp_path / "swin"
+    shutil.copytree(os.path.join(FIX, "work_dirs", name), wd)
+    swin = ("dict(type='SwinTransformer', embed_dims=96, depths=[2, 2, 6, 2], "
+            "num_heads=[3, 6, 12, 24], window_size=7)")
+    for cfg in [wd / f"{name}.py", *wd.glob("*/vis_data/config.py")]:
+        text = cfg.read_text()
+        start = text.index("backbone=dict(")
+        end = text.index("neck=")
+        cfg.write_text(text[:start] + f"backbone={swin},\n    " + text[end:])
+    run = read_run(str(wd))
+    assert run.status == "complete", run.reason
+    assert run.config.backbone == "Swin-T"
+    assert run.config.backbone_params_m == pytest.approx(27.520698)
+    assert run.config.params_note is None
