@@ -67,6 +67,28 @@ def build_config(args):
     return cfg
 
 
+def setup_cpu_distributed(cfg) -> None:
+    """Let mmengine's pytorch launcher run on machines without GPUs.
+
+    mmengine 0.10.7 calls torch.cuda.set_device in its pytorch launcher and gives DDP
+    ``device_ids=[LOCAL_RANK]``; both only exist with GPUs. Without one, the process group is
+    set up here (gloo, from torchrun's environment), which the Runner then uses as is, and DDP
+    gets ``device_ids=None``, as CPU modules require.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if cfg.launcher != "pytorch" or torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    wrapper = dict(type="MMDistributedDataParallel", broadcast_buffers=False,
+                   find_unused_parameters=cfg.get("find_unused_parameters", False))
+    wrapper.update(cfg.get("model_wrapper_cfg") or {})
+    wrapper["device_ids"] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
 def main(argv=None):
     args = parse_args(argv)
     from mmengine.runner import Runner
@@ -75,6 +97,7 @@ def main(argv=None):
     from tinyvit_backbone.checkpoint import CheckpointError
 
     cfg = build_config(args)
+    setup_cpu_distributed(cfg)
     try:
         runner = Runner.from_cfg(cfg)
         runner.train()

@@ -251,8 +251,9 @@ def _dist_backend() -> str:
 
 
 def ensure_scenes(data_root: str = DEFAULT_ROOT) -> str:
-    """Generate the default scenes at ``data_root`` unless an identical set is there."""
-    generate(data_root, SceneSettings())
+    """Generate the default scenes at ``data_root`` unless a set (of any settings) is there."""
+    if not os.path.isfile(os.path.join(data_root, "scenes.json")):
+        generate(data_root, SceneSettings())
     return data_root
 
 

@@ -139,6 +139,14 @@ def _write_split(tmp_root: str, split: str, start: int, count: int, settings: Sc
         json.dump(coco, f)
 
 
+def _same_settings(stamp: str, settings: SceneSettings) -> bool:
+    try:
+        with open(stamp) as f:
+            return json.load(f) == asdict(settings)
+    except (OSError, ValueError):
+        return False
+
+
 def generate(root: str, settings: SceneSettings = SceneSettings(), force: bool = False) -> bool:
     """Write the dataset to ``root``; returns False when an identical one is already there.
 
@@ -152,10 +160,8 @@ def generate(root: str, settings: SceneSettings = SceneSettings(), force: bool =
     if settings.image_size < 32:
         raise ValueError(f"scenes: image_size must be >= 32 pixels, got {settings.image_size}")
     stamp = os.path.join(root, "scenes.json")
-    if not force and os.path.isfile(stamp):
-        with open(stamp) as f:
-            if json.load(f) == asdict(settings):
-                return False
+    if not force and _same_settings(stamp, settings):
+        return False
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
     tmp_root = tempfile.mkdtemp(dir=parent, prefix=".scenes-tmp-")
@@ -167,7 +173,13 @@ def generate(root: str, settings: SceneSettings = SceneSettings(), force: bool =
             json.dump(asdict(settings), f, indent=1)
         if os.path.isdir(root):
             shutil.rmtree(root)
-        os.replace(tmp_root, root)
+        try:
+            os.replace(tmp_root, root)
+        except OSError:
+            # another process (e.g. a second torchrun rank) finished the same set first
+            if not _same_settings(stamp, settings):
+                raise
+            shutil.rmtree(tmp_root, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp_root, ignore_errors=True)
         raise

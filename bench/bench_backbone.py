@@ -1,0 +1,108 @@
+"""Backbone forward throughput: this project's TinyViT (training path and fast path) against
+timm's raw TinyVit and mmdet's Swin-T, measured side by side in one run.
+
+Figures (all images/s, higher is better):
+
+* ``tinyvit-X backbone vs timm @S``: the mmdet/mmseg wrapper against timm's own
+  ``forward_intermediates`` on the same weights; goal: at most 2% slower (speedup >= 0.98);
+* ``tinyvit-X fast vs timm @S``: :func:`fuse_for_inference` against the same baseline;
+* ``tinyvit-21m backbone|fast vs swin-t @S``: the paper's comparison pair; goal for the fast
+  path: at least Swin-T's throughput (speedup >= 1.0).
+
+The models are timed round-robin (each round runs every model once), so a load change on the
+machine hits all of them alike; each figure is the median over rounds.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import Figure  # noqa: E402
+
+ARCHS = ("5m", "11m", "21m")
+
+
+def _swin_t():
+    from mmdet.models.backbones import SwinTransformer
+    swin = SwinTransformer(embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                           window_size=7, out_indices=(0, 1, 2, 3))
+    swin.eval()  # mmdet's train() returns None, so no chaining here
+    return swin
+
+
+def _round_robin(fns: dict, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed in interleaved rounds."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up: allocator, oneDNN primitives, bias caches
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def measure(size: int | tuple[int, int], batch: int, rounds: int, archs=ARCHS) -> list[Figure]:
+    import timm
+
+    from tinyvit_backbone import TinyViT
+    from tinyvit_backbone.inference import fuse_for_inference
+
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.randn(batch, 3, h, w)
+    fns, models = {}, {}
+    for arch in archs:
+        torch.manual_seed(0)
+        raw = timm.create_model(f"tiny_vit_{arch}_224", pretrained=False, num_classes=0).eval()
+        backbone = TinyViT(arch=arch).eval()
+        backbone.load_state_dict({k: v for k, v in raw.state_dict().items()
+                                  if not k.startswith("head.")})
+        models[arch] = (raw, backbone, fuse_for_inference(copy.deepcopy(backbone)))
+        fns[f"{arch}/timm"] = lambda m=raw: m.forward_intermediates(x, intermediates_only=True)
+        fns[f"{arch}/backbone"] = lambda m=models[arch][1]: m(x)
+        fns[f"{arch}/fast"] = lambda m=models[arch][2]: m(x)
+    swin = _swin_t()
+    fns["swin-t"] = lambda: swin(x)
+    with torch.inference_mode():
+        seconds = _round_robin(fns, rounds)
+    ips = {k: batch / v for k, v in seconds.items()}
+    where = f"@{h}x{w} batch {batch}" if h != w else f"@{h} batch {batch}"
+    size = h if h == w else f"{h}x{w}"
+    figures = []
+    for arch in archs:
+        for path, goal in (("backbone", 0.98), ("fast", None)):
+            figures.append(Figure(
+                "backbone", f"tinyvit-{arch} {path} vs timm {where}", ips[f"{arch}/{path}"],
+                "img/s", f"timm TinyVit tiny_vit_{arch} forward_intermediates",
+                ips[f"{arch}/timm"], goal=goal,
+                extra=dict(model=f"tinyvit-{arch}", input_size=size, batch=batch, path=path,
+                           images_per_s=ips[f"{arch}/{path}"])))
+    if "21m" in archs:
+        for path, goal in (("backbone", None), ("fast", 1.0)):
+            figures.append(Figure(
+                "backbone-vs-swin", f"tinyvit-21m {path} vs swin-t {where}", ips[f"21m/{path}"],
+                "img/s", "mmdet SwinTransformer (Swin-T)", ips["swin-t"], goal=goal,
+                extra=dict(input_size=size, batch=batch, path=path)))
+    return figures
+
+
+def run(quick: bool = False) -> list[Figure]:
+    if quick:
+        return measure(224, 8, rounds=3, archs=("5m", "21m")) + measure(512, 2, rounds=2, archs=("21m",))
+    figures = measure(224, 8, rounds=7) + measure(512, 2, rounds=5)
+    figures += measure((800, 1333), 1, rounds=3, archs=("21m",))  # COCO's test size
+    return figures
+
+
+if __name__ == "__main__":
+    for fig in run(quick="--quick" in sys.argv):
+        print(f"{fig.name}: {fig.value:.2f} {fig.unit} vs {fig.baseline_value:.2f} "
+              f"({fig.speedup:.3f}x)" + ("" if fig.goal is None else f", goal {fig.goal}x"))

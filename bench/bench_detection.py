@@ -1,0 +1,154 @@
+"""Detection benchmarks on the embedded scenes, each against Swin-T measured in the same run.
+
+(a) Learning is real: Mask R-CNN with TinyViT-5M, trained from scratch on the embedded scenes,
+    evaluated on the held-out scenes every few iterations (COCO bbox mAP through pycocotools);
+    baseline: Mask R-CNN with Swin-T under the identical budget. Figures: final bbox mAP and
+    training wall time; the mAP curves and CPU seconds are in ``extra``.
+(b) Cost of the paper's detector: one Cascade Mask R-CNN training iteration (forward, backward,
+    AdamW step) with TinyViT-21M vs Swin-T at the same input size and batch: seconds per
+    iteration and peak memory (GPU: max allocated; CPU: peak resident set of a fresh process
+    per model, so neither model's allocations count for the other).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import Figure  # noqa: E402
+
+SWIN_MASK_RCNN = "det_configs/mask_rcnn_swin-t_1x.py"
+
+
+def _config(path: str, data_root: str, **overlay):
+    from mmengine.config import Config
+
+    import tinyvit_backbone  # noqa: F401
+    from tinyvit_backbone.embedded.overlay import apply_overlay
+
+    cfg = Config.fromfile(str(ROOT / path))
+    return apply_overlay(cfg, data_root, **overlay)
+
+
+# ----------------------------------------------------------------------------- (a) learning
+def learning_curve(config: str, data_root: str, iters: int, every: int, lr: float) -> dict:
+    from mmengine.runner import Runner
+
+    with tempfile.TemporaryDirectory() as work_dir:
+        cfg = _config(config, data_root, iters=iters, lr=lr, work_dir=work_dir)
+        cfg.train_cfg.val_interval = every
+        cfg.log_level = "WARNING"
+        runner = Runner.from_cfg(cfg)
+        wall, cpu = time.perf_counter(), time.process_time()
+        runner.train()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        lines = [json.loads(line) for path in glob.glob(f"{work_dir}/*/vis_data/scalars.json")
+                 for line in open(path)]
+    evals = [line for line in lines if "coco/bbox_mAP" in line]
+    curve = [(every * (i + 1), line["coco/bbox_mAP"]) for i, line in enumerate(evals)]
+    return dict(curve=curve, final=curve[-1][1], wall_s=wall, cpu_s=cpu)
+
+
+# ----------------------------------------------------------------------------- (b) iteration cost
+def _iteration_worker(config: str, size: int, batch: int, iters: int, data_root: str) -> dict:
+    """Runs in a fresh process: seconds per training iteration and peak memory."""
+    import torch
+    from mmengine.runner import Runner
+
+    with tempfile.TemporaryDirectory() as work_dir:
+        cfg = _config(config, data_root, iters=iters, image_size=size, batch_size=batch,
+                      work_dir=work_dir)
+        cfg.log_level = "WARNING"
+        runner = Runner.from_cfg(cfg)
+        model = runner.model.train()
+        wrapper = runner.build_optim_wrapper(cfg.optim_wrapper)
+        loader = iter(runner.build_dataloader(cfg.train_dataloader))
+        batches = [next(loader) for _ in range(iters + 1)]
+        model.train_step(batches[0], wrapper)  # warm-up: allocator, kernels
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for data in batches[1:]:
+            model.train_step(data, wrapper)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+        return dict(s_per_iter=(time.perf_counter() - start) / iters, peak_mib=peak,
+                    device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def iteration_cost(config: str, size: int, batch: int, iters: int, data_root: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__)), "--worker", config, "--size", str(size),
+           "--batch", str(batch), "--iters", str(iters), "--data-root", data_root]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    if out.returncode != 0:
+        raise RuntimeError(f"{config} iteration worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(quick: bool = False) -> list[Figure]:
+    from tinyvit_backbone.embedded.overlay import ensure_scenes
+
+    data_root = ensure_scenes(str(ROOT / "data" / "embedded" / "scenes"))
+    iters, every = (30, 15) if quick else (300, 50)
+    ours = learning_curve("det_configs/mask_rcnn_tinyvit5m_1x.py", data_root, iters, every, 3e-4)
+    swin = learning_curve(SWIN_MASK_RCNN, data_root, iters, every, 3e-4)
+    budget = dict(iters=iters, batch=2, image_size=128, lr=3e-4, init="random")
+    figures = [
+        Figure("detection", f"Mask R-CNN TinyViT-5M bbox mAP after {iters} iterations",
+               ours["final"], "bbox mAP", "Mask R-CNN Swin-T, same budget", swin["final"],
+               extra=dict(budget, curve=ours["curve"], baseline_curve=swin["curve"],
+                          cpu_s=ours["cpu_s"], baseline_cpu_s=swin["cpu_s"])),
+        Figure("detection", f"Mask R-CNN TinyViT-5M training time for {iters} iterations",
+               ours["wall_s"], "s", "Mask R-CNN Swin-T, same budget", swin["wall_s"],
+               higher_is_better=False, extra=budget),
+    ]
+    size, batch, n = (256, 1, 2) if quick else (512, 2, 3)
+    tiny = iteration_cost("det_configs/cascade_tinyvit21m.py", size, batch, n, data_root)
+    base = iteration_cost("det_configs/cascade_swin-t_1x.py", size, batch, n, data_root)
+    where = f"{size}x{size} batch {batch}"
+    figures += [
+        Figure("detection", f"Cascade Mask R-CNN TinyViT-21M train iteration @{where}",
+               tiny["s_per_iter"], "s/iter", "Cascade Mask R-CNN Swin-T", base["s_per_iter"],
+               higher_is_better=False, extra=dict(device=tiny["device"])),
+        Figure("detection", f"Cascade Mask R-CNN TinyViT-21M peak memory @{where}",
+               tiny["peak_mib"], "MiB", "Cascade Mask R-CNN Swin-T", base["peak_mib"],
+               higher_is_better=False, extra=dict(device=tiny["device"])),
+    ]
+    return figures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", metavar="CONFIG")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--data-root", default=str(ROOT / "data" / "embedded" / "scenes"))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_iteration_worker(args.worker, args.size, args.batch, args.iters,
+                                           args.data_root)))
+        return 0
+    for fig in run(args.quick):
+        print(f"{fig.name}: {fig.value:.4g} {fig.unit} vs {fig.baseline_value:.4g} ({fig.speedup:.3f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
