@@ -1,0 +1,228 @@
+"""Progressive model shrinking from the command line. One command per job:
+
+    # params, MACs (and measured img/s) of architectures, e.g. to check the counter
+    python -m tinyvit_backbone.scaling measure 5m 11m 21m --throughput
+    # shrink a seed under limits, one target per value, largest first
+    python -m tinyvit_backbone.scaling search --seed-arch 21m --max-params 21M 11M 5.4M \\
+        --compare 21m 11m 5m --out results/shrinking
+    # remake the tables from a search record
+    python -m tinyvit_backbone.scaling report results/shrinking/search.json
+
+Numbers take SI suffixes (5.4M, 1.3G, 2e6); ``none`` leaves a target without that limit.
+Results are JSON on stdout; progress goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import torch
+
+from .measure import CostModel, DeviceThroughput, count_macs, count_params, select_device
+from .proxy import SnipProxy, TrainingProxy
+from .report import load_result, write_outputs, write_tables
+from .search import Constraints, SearchError, search
+from .space import FACTORS, SearchSpace, arch_key, canonical
+
+SUFFIXES = {"K": 1e3, "M": 1e6, "G": 1e9}
+
+
+def parse_number(text: str) -> float | None:
+    """'5.4M' -> 5.4e6, '1.3G' -> 1.3e9, '2e6' -> 2e6, 'none' -> None."""
+    t = text.strip()
+    if t.lower() in ("none", "-", ""):
+        return None
+    scale = SUFFIXES.get(t[-1].upper(), None)
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number (examples: 5.4M, 1.3G, 2e6, 1500, none)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: limits must be > 0")
+    return value
+
+
+def _per_target(values: list | None, n: int, flag: str) -> list:
+    if not values:
+        return [None] * n
+    if len(values) != n:
+        raise ValueError(f"{flag} has {len(values)} values but there are {n} targets: give one "
+                         "per target (use 'none' to leave a target without this limit)")
+    return values
+
+
+def build_targets(args) -> list[Constraints]:
+    lists = [v for v in (args.max_params, args.max_macs, args.min_throughput) if v]
+    if not lists:
+        raise ValueError("give --max-params and/or --max-macs (one value per target, largest "
+                         "model first)")
+    n = len(lists[0])
+    params = _per_target(args.max_params, n, "--max-params")
+    macs = _per_target(args.max_macs, n, "--max-macs")
+    thr = _per_target(args.min_throughput, n, "--min-throughput")
+    names = _per_target(args.names, n, "--names")
+    return [Constraints(max_params=p, max_macs=m, min_throughput=t, name=name)
+            for p, m, t, name in zip(params, macs, thr, names)]
+
+
+def _throughput(args) -> DeviceThroughput | None:
+    if args.no_throughput:
+        return None
+    return DeviceThroughput(batch_size=args.throughput_batch_size,
+                            resolution=args.throughput_resolution or args.resolution,
+                            device=args.device, warmup=args.throughput_warmup,
+                            repeat=args.throughput_repeat, num_classes=args.num_classes)
+
+
+def cmd_measure(args) -> dict:
+    thr = None if not args.throughput else _throughput(args)
+    rows = []
+    for name in args.archs:
+        arch = canonical(name)
+        row = dict(arch=name, key=arch_key(arch), **arch,
+                   params=count_params(arch, args.num_classes),
+                   macs=count_macs(arch, args.resolution, args.num_classes))
+        if thr is not None:
+            row["throughput_img_s"] = thr(arch)
+        rows.append(row)
+        logging.info("%s: %.3fM params, %.3f GMACs%s", name, row["params"] / 1e6,
+                     row["macs"] / 1e9, f", {row['throughput_img_s']:.1f} img/s"
+                     if thr is not None else "")
+    return dict(resolution=args.resolution, num_classes=args.num_classes,
+                counter="mmengine.analysis (parameter_count, FlopAnalyzer; 1 MAC = 1)",
+                throughput=None if thr is None else thr.settings(), results=rows)
+
+
+def cmd_search(args) -> dict:
+    targets = build_targets(args)
+    select_device(args.device)  # a bad --device fails here, before any work
+    space = SearchSpace(factors=tuple(args.factors), min_dim=args.min_dim,
+                        min_depth=args.min_depth)
+    cost = CostModel(resolution=args.resolution, num_classes=args.num_classes,
+                     throughput_fn=_throughput(args))
+    if args.proxy == "train":
+        proxy = TrainingProxy(steps=args.proxy_steps, batch_size=args.proxy_batch_size,
+                              lr=args.proxy_lr, resolution=args.proxy_resolution,
+                              holdout_fraction=args.holdout_fraction, seed=args.seed,
+                              device=args.device)
+    else:
+        proxy = SnipProxy(batch_size=args.proxy_batch_size, resolution=args.proxy_resolution,
+                          holdout_fraction=args.holdout_fraction, seed=args.seed,
+                          device=args.device)
+    compare = {}
+    if args.compare:
+        refs = _per_target(args.compare, len(targets), "--compare")
+        for target, ref in zip(targets, refs):
+            arch = canonical(ref)
+            compare[target.label] = dict(arch=ref, params=cost.params(arch),
+                                         macs=cost.macs(arch))
+    result = search(args.seed_arch, targets, cost=cost, proxy=proxy, space=space,
+                    candidates_per_round=args.candidates_per_round,
+                    round_ratio=args.round_ratio, band=args.band, seed=args.seed,
+                    progress=not args.quiet)
+    result.settings["compare"] = compare
+    result.settings["torch_threads"] = torch.get_num_threads()
+    paths = write_outputs(result, args.out)
+    chosen = {label: dict(arch=c.arch, params=c.params, macs=c.macs, throughput_img_s=c.throughput,
+                          score=c.score, file=paths[f"arch {label}"],
+                          reference=compare.get(label))
+              for label, c in result.chosen_candidates().items()}
+    return dict(chosen=chosen, files=paths, settings=result.settings)
+
+
+def cmd_report(args) -> dict:
+    result = load_result(args.record)
+    out = args.out or os.path.dirname(os.path.abspath(args.record))
+    return dict(files=write_tables(result, out))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tinyvit_backbone.scaling",
+                                     description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def cost_flags(p):
+        p.add_argument("--resolution", type=int, default=224,
+                       help="input side for MACs (and throughput unless "
+                       "--throughput-resolution) (default 224)")
+        p.add_argument("--num-classes", type=int, default=1000,
+                       help="classifier head used for counting (default 1000, as in the paper)")
+        p.add_argument("--device", default="auto",
+                       help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
+        p.add_argument("--throughput-batch-size", type=int, default=64)
+        p.add_argument("--throughput-resolution", type=int, default=None)
+        p.add_argument("--throughput-warmup", type=int, default=2)
+        p.add_argument("--throughput-repeat", type=int, default=5)
+        p.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: torch's choice); 1 on a shared machine")
+
+    m = sub.add_parser("measure", help="params, MACs and measured img/s of architectures")
+    m.add_argument("archs", nargs="+", help="5m, 11m, 21m or arch JSON files")
+    m.add_argument("--throughput", action="store_true", help="also measure img/s")
+    cost_flags(m)
+    m.set_defaults(func=cmd_measure, no_throughput=False)
+
+    s = sub.add_parser("search", help="shrink a seed architecture under limits")
+    s.add_argument("--seed-arch", default="21m", help="5m, 11m, 21m or an arch JSON file")
+    s.add_argument("--max-params", nargs="+", type=parse_number, metavar="N",
+                   help="parameter limit per target, largest first (e.g. 21M 11M 5.4M)")
+    s.add_argument("--max-macs", nargs="+", type=parse_number, metavar="N",
+                   help="MAC limit per target at --resolution (e.g. 4.3G 2G 1.3G)")
+    s.add_argument("--min-throughput", nargs="+", type=parse_number, metavar="IMG_S",
+                   help="measured images/s floor per target")
+    s.add_argument("--names", nargs="+", help="target names (default: from the limits)")
+    s.add_argument("--compare", nargs="+", metavar="ARCH",
+                   help="a reference architecture per target, counted the same way and shown "
+                   "next to the result (e.g. 21m 11m 5m)")
+    s.add_argument("--out", required=True, help="folder for arch_*.json, search.json, tables")
+    s.add_argument("--proxy", choices=["train", "snip"], default="train",
+                   help="train: short training on the embedded digits, held-out accuracy "
+                   "(default); snip: zero-cost saliency at initialisation")
+    s.add_argument("--proxy-steps", type=int, default=100)
+    s.add_argument("--proxy-batch-size", type=int, default=32)
+    s.add_argument("--proxy-lr", type=float, default=1e-3)
+    s.add_argument("--proxy-resolution", type=int, default=32)
+    s.add_argument("--holdout-fraction", type=float, default=0.2,
+                   help="part of the digits train split held out for the proxy score")
+    s.add_argument("--candidates-per-round", type=int, default=6)
+    s.add_argument("--round-ratio", type=float, default=0.7,
+                   help="a round shrinks a limit to at least this fraction of the current model")
+    s.add_argument("--band", type=float, default=0.1,
+                   help="drop candidates more than this fraction inside every limit")
+    s.add_argument("--factors", nargs="+", choices=FACTORS, default=list(FACTORS))
+    s.add_argument("--min-dim", type=int, default=32)
+    s.add_argument("--min-depth", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-throughput", action="store_true",
+                   help="do not measure img/s (no --min-throughput then)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    cost_flags(s)
+    s.set_defaults(func=cmd_search)
+
+    r = sub.add_parser("report", help="remake candidates.csv / .md from a search.json")
+    r.add_argument("record", help="search.json written by `search`")
+    r.add_argument("--out", default=None, help="folder for the tables (default: the record's)")
+    r.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    try:
+        out = args.func(args)
+    except (ValueError, SearchError, FloatingPointError) as err:
+        print(f"tinyvit_backbone.scaling {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

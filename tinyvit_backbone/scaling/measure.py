@@ -1,0 +1,163 @@
+"""Cost figures of an architecture: parameters and MACs from mmengine's counters, throughput
+measured on a device.
+
+Counts are of timm's ``TinyVit`` classifier with a ``num_classes`` head (1000 by default, as in
+the paper's tables). MACs follow fvcore's convention (one fused multiply-add = 1), for one image
+at ``resolution`` x ``resolution``.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..backbone import build_timm_tinyvit
+
+ThroughputFn = Callable[[dict], float]
+"""``arch -> images per second``; the search takes any such callable (tests pass a stub)."""
+
+
+def select_device(name: str | None = None) -> torch.device:
+    """``None`` / ``'auto'``: CUDA when available, else CPU; otherwise the named device, with a
+    clear error when it asks for CUDA on a machine without it."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r} ({err}); use 'auto', 'cpu' or 'cuda[:N]'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no GPU on this machine; "
+                         "use --device cpu (or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
+
+
+def count_params(arch: dict, num_classes: int = 1000) -> int:
+    """Parameters of the classifier, counted by ``mmengine.analysis.parameter_count``. The model
+    is built on the meta device: shapes only, no memory, no initialisation cost."""
+    from mmengine.analysis import parameter_count
+
+    with torch.device("meta"):
+        model = build_timm_tinyvit(arch, num_classes=num_classes)
+    return int(parameter_count(model)[""])
+
+
+def count_macs(arch: dict, resolution: int = 224, num_classes: int = 1000) -> int:
+    """MACs of one forward pass at ``resolution``, counted by ``mmengine.analysis.FlopAnalyzer``
+    (which traces the model with ``torch.jit``)."""
+    from mmengine.analysis import FlopAnalyzer
+
+    model = build_timm_tinyvit(arch, num_classes=num_classes).eval()
+    # The counter has no handle for scaled_dot_product_attention and would skip it; timm's
+    # unfused path does the same attention as two matmuls, which it does count.
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+    analyzer = FlopAnalyzer(model, (torch.zeros(1, 3, resolution, resolution),))
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    with torch.no_grad():
+        return int(analyzer.total())
+
+
+@dataclass
+class DeviceThroughput:
+    """Measured inference throughput (images/s) of an architecture on a device.
+
+    A random-weight classifier in eval mode runs ``warmup`` batches, then ``repeat`` timed
+    batches of ``batch_size`` x 3 x ``resolution`` x ``resolution``; the result is
+    ``batch_size / median seconds``. On CUDA the forward runs under fp16 autocast when ``amp``
+    (as throughput is reported in the paper: V100, mixed precision) and the clock waits for the
+    device.
+    """
+
+    batch_size: int = 64
+    resolution: int = 224
+    device: str | None = None
+    warmup: int = 2
+    repeat: int = 5
+    amp: bool = True
+    num_classes: int = 1000
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.resolution < 32 or self.repeat < 1 or self.warmup < 0:
+            raise ValueError(f"throughput: batch_size >= 1, resolution >= 32, repeat >= 1 and "
+                             f"warmup >= 0 needed, got {self.settings()}")
+
+    def settings(self) -> dict:
+        d = asdict(self)
+        device = select_device(self.device)
+        d["device"] = str(device)
+        d["amp"] = bool(self.amp and device.type == "cuda")  # autocast is used on CUDA only
+        return d
+
+    def __call__(self, arch: dict) -> float:
+        device = select_device(self.device)
+        model = build_timm_tinyvit(arch, num_classes=self.num_classes).eval().to(device)
+        x = torch.randn(self.batch_size, 3, self.resolution, self.resolution, device=device)
+        use_amp = self.amp and device.type == "cuda"
+
+        def forward():
+            with torch.inference_mode(), torch.autocast(device.type, torch.float16,
+                                                         enabled=use_amp):
+                model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        for _ in range(self.warmup):
+            forward()
+        times = []
+        for _ in range(self.repeat):
+            start = time.perf_counter()
+            forward()
+            times.append(time.perf_counter() - start)
+        return self.batch_size / statistics.median(times)
+
+
+@dataclass
+class CostModel:
+    """Params, MACs and throughput of architectures, each measured once per architecture.
+
+    ``throughput_fn`` is any ``arch -> img/s`` callable (``DeviceThroughput`` in the CLI, a stub
+    in tests); ``None`` means throughput is not measured (and no throughput limit can be set).
+    """
+
+    resolution: int = 224
+    num_classes: int = 1000
+    throughput_fn: ThroughputFn | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def _cached(self, kind: str, arch: dict, fn: Callable[[], float]):
+        key = (kind, repr(sorted(arch.items())))
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    def params(self, arch: dict) -> int:
+        return self._cached("params", arch, lambda: count_params(arch, self.num_classes))
+
+    def macs(self, arch: dict) -> int:
+        return self._cached("macs", arch,
+                            lambda: count_macs(arch, self.resolution, self.num_classes))
+
+    def throughput(self, arch: dict) -> float | None:
+        if self.throughput_fn is None:
+            return None
+        return self._cached("throughput", arch, lambda: float(self.throughput_fn(arch)))
+
+    def settings(self) -> dict:
+        fn = self.throughput_fn
+        if fn is None:
+            throughput = None
+        elif hasattr(fn, "settings"):
+            throughput = fn.settings()
+        else:
+            throughput = dict(callable=getattr(fn, "__qualname__", repr(fn)))
+        return dict(resolution=self.resolution, num_classes=self.num_classes,
+                    counter="mmengine.analysis (parameter_count, FlopAnalyzer; 1 MAC = 1)",
+                    throughput=throughput)
