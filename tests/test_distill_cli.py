@@ -1,0 +1,156 @@
+"""The CLI: help, the happy path on an ImageFolder tree, and clear refusals of bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tinyvit_backbone.distill.__main__ import main
+from tinyvit_backbone.distill.datasets import open_dataset
+from tinyvit_backbone.distill.teacher import create_timm_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCH = dict(embed_dims=[16, 32, 32, 64], depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 2],
+            window_sizes=[8, 4, 2, 1])
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """An ImageFolder of 40 digit scans, a teacher checkpoint, an arch file and a store."""
+    root = tmp_path_factory.mktemp("cli")
+    ds, _ = open_dataset("digits", "train", 32)
+    for i in range(40):
+        img, label = ds[i]
+        (root / "data" / str(label)).mkdir(parents=True, exist_ok=True)
+        img.save(root / "data" / str(label) / f"{i:03d}.png")
+    torch.manual_seed(0)
+    torch.save(create_timm_model("test_resnet", 10).state_dict(), root / "t.pth")
+    (root / "arch.json").write_text(json.dumps(ARCH))
+    common = ["--teacher", "test_resnet", "--teacher-checkpoint", str(root / "t.pth"),
+              "--data", str(root / "data"), "--aug-preset", "digits", "--no-progress"]
+    assert main(["save-logits", *common, "--out", str(root / "store"), "--epochs", "2",
+                 "--topk", "3", "--batch-size", "8"]) == 0
+    return root, common
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def test_help_of_every_command(capsys):
+    for cmd in ("save-logits", "verify", "train", "finetune", "mini-repro"):
+        with pytest.raises(SystemExit) as exit_:
+            main([cmd, "--help"])
+        assert exit_.value.code == 0
+        assert "usage:" in capsys.readouterr().out
+
+
+def test_train_verify_finetune_happy_path(env, capsys):
+    root, _ = env
+    data = root / "data"
+    code, out, _ = run(capsys, "verify", "--store", root / "store", "--data", data,
+                       "--num-records", 16)
+    report = json.loads(out)
+    assert code == 0 and report["ok"] and report["agreement"]["records"] == 16
+    code, out, _ = run(capsys, "train", "--store", root / "store", "--data", data, "--arch",
+                       root / "arch.json", "--out", root / "student", "--batch-size", 8,
+                       "--no-progress")
+    result = json.loads(out)
+    assert code == 0 and len(result["history"]) == 2  # default: every complete store epoch
+    assert os.path.isfile(root / "student" / "student.pth")
+    code, out, _ = run(capsys, "finetune", "--init", root / "student" / "student.pth", "--data",
+                       data, "--arch", root / "arch.json", "--out", root / "ft", "--epochs", 1,
+                       "--batch-size", 8, "--warmup-epochs", 0, "--no-progress")
+    result = json.loads(out)
+    assert code == 0 and result["config"]["settings"]["layer_decay"] == 0.8
+    assert result["config"]["settings"]["bn_eval"] is True
+    assert result["config"]["aug"]["mixup"] == result["config"]["aug"]["cutmix"] == 0.0
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--mixup", "0"], "augmentation flags disagree with store"),
+    (["--seed", "5"], "--seed 5 disagrees with store"),
+    (["--epochs", "3"], "epoch 2 is not complete"),
+    (["--num-classes", "7"], "--num-classes 7 disagrees"),
+    (["--arch", "tiny"], "--arch: unknown TinyViT arch 'tiny'"),
+    (["--batch-size", "7"], "must be even"),
+])
+def test_train_refuses_mismatches(env, capsys, extra, words):
+    root, _ = env
+    argv = ["train", "--store", root / "store", "--data", root / "data", "--out",
+            root / "bad", "--no-progress", "--arch", root / "arch.json", "--batch-size", "8"]
+    code, _, err = run(capsys, *argv, *extra)
+    assert code == 2 and words in err, err
+
+
+def test_train_refuses_another_dataset(env, capsys):
+    root, _ = env
+    code, _, err = run(capsys, "train", "--store", root / "store", "--data", "digits", "--out",
+                       root / "bad", "--arch", root / "arch.json", "--no-progress")
+    assert code == 2 and "pass the same dataset" in err and "40 samples" in err
+
+
+def test_corrupted_store_is_refused_by_train_and_flagged_by_verify(env, capsys, tmp_path):
+    root, _ = env
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(root / "store", store)
+    with open(store / "epoch_0000.bin", "r+b") as f:
+        data = bytearray(f.read())
+        data[len(data) // 2] ^= 0xFF
+        f.seek(0)
+        f.write(data)
+    code, out, _ = run(capsys, "verify", "--store", store, "--data", root / "data",
+                       "--num-records", 4)
+    report = json.loads(out)
+    assert code == 1 and not report["ok"] and report["integrity"]["invalid_records"]["0"] == 1
+    code, _, err = run(capsys, "train", "--store", store, "--data", root / "data", "--out",
+                       tmp_path / "s", "--arch", root / "arch.json", "--batch-size", "8",
+                       "--no-progress")
+    assert code == 2 and "fails its check" in err and "epoch_0000.bin" in err
+    with open(store / "epoch_0001.bin", "r+b") as f:
+        f.truncate(100)
+    code, _, err = run(capsys, "verify", "--store", store, "--data", root / "data")
+    assert code == 2 and "truncated" in err
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"--teacher-checkpoint": "/nonexistent/t.pth"}, "teacher checkpoint '/nonexistent/t.pth' not found"),
+    ({"--teacher": "no_such_net"}, "unknown timm model 'no_such_net'"),
+    ({"--teacher": "test_vit"}, "does not fit timm model 'test_vit'"),
+    ({"--data": "/nonexistent/data"}, "neither 'digits' nor an existing folder"),
+])
+def test_save_logits_refuses_bad_teacher_or_data(env, capsys, tmp_path, change, words):
+    _, common = env
+    argv = list(common)
+    for flag, value in change.items():
+        argv[argv.index(flag) + 1] = value
+    code, _, err = run(capsys, "save-logits", *argv, "--out", tmp_path / "s")
+    assert code == 2 and words in err, err
+    assert not (tmp_path / "s" / "epoch_0000.bin").exists()
+
+
+def test_bad_flag_values_are_explained(env, capsys, tmp_path):
+    _, common = env
+    code, _, err = run(capsys, "save-logits", *common, "--out", tmp_path / "s",
+                       "--teacher-kwargs", "{img_size: 32}")
+    assert code == 2 and "--teacher-kwargs must be a JSON object" in err
+    code, _, err = run(capsys, "save-logits", *common, "--out", tmp_path / "s", "--mean", "0.5")
+    assert code == 2 and "three numbers" in err
+    code, _, err = run(capsys, "save-logits", *common, "--out", tmp_path / "s", "--topk", "11")
+    assert code == 2 and "top-K must be in 1..10" in err
+
+
+def test_process_exit_code_and_message_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinyvit_backbone.distill", "train", "--store",
+         str(tmp_path / "none"), "--data", "digits", "--out", str(tmp_path / "o")],
+        cwd=REPO, capture_output=True, text=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: logit store") and "Traceback" not in proc.stderr

@@ -1,0 +1,116 @@
+"""Datasets the distillation tools read: an ImageFolder tree or the embedded digits.
+
+Both return ``(PIL image, label)`` with no transform (the replay adds it). The fingerprint that
+goes into a store's manifest identifies the samples and their order: for ImageFolder, the sorted
+relative paths, file sizes and labels (not the pixels: hashing ImageNet would take hours); for
+the digits, the scans and labels themselves.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from .errors import DistillError
+
+DIGITS = "digits"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    kind: str  # 'digits' | 'imagefolder'
+    root: str
+    split: str
+    num_samples: int
+    classes: tuple[str, ...]
+    fingerprint: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict:
+        return dict(kind=self.kind, root=self.root, split=self.split, num_samples=self.num_samples,
+                    num_classes=self.num_classes, fingerprint=self.fingerprint)
+
+
+def open_dataset(data: str, split: str = "train", image_size: int = 32) -> tuple[Dataset, DatasetInfo]:
+    """``data`` = 'digits' or an ImageFolder root (one sub-folder per class).
+
+    ``split`` chooses the digits split ('train' / 'test'); for ImageFolder it is only a label
+    (pass the split's own folder). ``image_size`` is the side the 8x8 digit scans are upscaled
+    to (ignored for ImageFolder).
+    """
+    if data == DIGITS:
+        from ..embedded.digits import DigitsDataset
+
+        ds = DigitsDataset(split=split, image_size=image_size)
+        digest = hashlib.sha256()
+        digest.update(f"digits|{split}|{image_size}|".encode())
+        digest.update(np.asarray(ds.indices, dtype=np.int64).tobytes())
+        digest.update(np.asarray(ds.targets, dtype=np.int64).tobytes())
+        return _DigitsPIL(ds), DatasetInfo(DIGITS, DIGITS, split, len(ds), tuple(ds.classes),
+                                           digest.hexdigest())
+    root = os.path.abspath(data)
+    if not os.path.isdir(root):
+        raise DistillError(f"dataset {data!r} is neither 'digits' nor an existing folder: pass "
+                           "--data digits or the path of an ImageFolder tree (root/<class>/<image>)")
+    from torchvision.datasets import ImageFolder
+
+    try:
+        ds = ImageFolder(root)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DistillError(f"{root!r} is not an ImageFolder tree ({err}); it needs one folder "
+                           "per class holding the images") from None
+    digest = hashlib.sha256(b"imagefolder|")
+    digest.update("|".join(ds.classes).encode())
+    for path, label in ds.samples:
+        digest.update(f"|{os.path.relpath(path, root)}|{os.path.getsize(path)}|{label}".encode())
+    return ds, DatasetInfo("imagefolder", root, split, len(ds), tuple(ds.classes),
+                           digest.hexdigest())
+
+
+class _DigitsPIL(Dataset):
+    """The digits as (PIL image, label), without the dataset's own transform."""
+
+    def __init__(self, digits):
+        self.digits = digits
+        self.classes = digits.classes
+        self.targets = digits.targets
+
+    def __len__(self) -> int:
+        return len(self.digits)
+
+    def __getitem__(self, i: int):
+        return self.digits.image(i), self.digits.targets[i]
+
+
+class TransformedDataset(Dataset):
+    """(image, label) with a fixed (evaluation) transform applied."""
+
+    def __init__(self, base: Dataset, transform):
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        img, label = self.base[i]
+        return self.transform(img), label
+
+
+def check_same_dataset(stored: dict, info: DatasetInfo, where: str) -> None:
+    """Refuse a dataset whose fingerprint differs from the one recorded in ``stored``."""
+    if stored.get("fingerprint") != info.fingerprint or stored.get("num_samples") != info.num_samples:
+        raise DistillError(
+            f"{where} was made from dataset {stored.get('root')!r} ({stored.get('num_samples')} "
+            f"samples, fingerprint {str(stored.get('fingerprint'))[:12]}), but --data gives "
+            f"{info.root!r} ({info.num_samples} samples, fingerprint {info.fingerprint[:12]}): "
+            "pass the same dataset (same files, same order)")
+
+
+__all__ = ["DIGITS", "DatasetInfo", "TransformedDataset", "check_same_dataset", "open_dataset"]

@@ -1,0 +1,70 @@
+"""Crash-safe file writes and file digests: nothing half-written is ever left under a final name.
+
+Each writer writes a temporary file in the destination folder (same file system), flushes it to
+disk, then ``os.replace``s it over the final name, which is atomic on POSIX and Windows.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from typing import IO, Any
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write(f)`` on a temporary binary file, then move it to ``path``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented UTF-8 JSON (keys in insertion order) atomically."""
+    data = (json.dumps(obj, indent=2) + "\n").encode()
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save(obj)`` atomically (a killed run never leaves a truncated checkpoint)."""
+    import torch
+
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json(path: str | os.PathLike, what: str, error: type[Exception] | None = None) -> Any:
+    """Load a JSON file, turning a missing or unreadable file into a clear ``error``
+    (default :class:`~.errors.DistillError`)."""
+    from .errors import DistillError
+
+    error = error or DistillError
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise error(f"{what} not found: {os.fspath(path)!r}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{what} {os.fspath(path)!r} is not valid JSON ({err}); it was "
+                           "damaged: restore it or delete it and rerun the command that wrote it"
+                           ) from None
