@@ -89,6 +89,20 @@ def test_layer_decay_constructor_builds_from_config():
     assert lrs[-1] == 2e-4 and abs(lrs[0] - 2e-4 * 0.8 ** 6) < 1e-12
 
 
+def test_fast_path_on_timm_classifier_and_without_onednn(monkeypatch):
+    import tinyvit_backbone.inference as inference
+
+    torch.manual_seed(0)
+    model = _randomise_stats(timm.create_model("tiny_vit_5m_224", pretrained=False)).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = model(x)
+        fused = fuse_for_inference(model)
+        torch.testing.assert_close(fused(x), expected, rtol=0, atol=1e-5)
+        monkeypatch.setattr(inference, "_ONEDNN", False)  # the plain-op fallback (CUDA, bf16, ...)
+        torch.testing.assert_close(fused(x), expected, rtol=0, atol=1e-5)
+
+
 def test_fast_path_matches_within_1e5():
     for arch, size in (("5m", (224, 224)), (TINY, (333, 517))):
         torch.manual_seed(0)

@@ -1,0 +1,156 @@
+"""Run a frozen backbone over a dataset split and stream its features into the cache.
+
+Images are decoded and preprocessed by DataLoader workers while the model runs (pinned memory
+and non-blocking copies on CUDA, bfloat16 autocast there too); features go straight into the
+cache's memory map, so memory stays flat at ImageNet scale and an interrupted run resumes from
+its last checkpoint (:mod:`linear_probe.cache`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from .backbones import FeatureExtractor, ModelSpec, build_extractor
+from .cache import CachedFeatures, FeatureCache
+from .datasets import (
+    DatasetInfo,
+    Preprocessed,
+    class_names,
+    eval_transform,
+    fingerprint,
+    get_info,
+    load_split,
+)
+from .device import autocast_dtype, select_device
+
+
+def default_workers(n_images: int) -> int:
+    """DataLoader workers: none for small sets (spawning costs more than it saves), else one
+    per spare core up to 8."""
+    if n_images <= 4096:
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class Extraction:
+    """What :func:`extract_splits` produced: one cache entry per split, and the settings."""
+
+    splits: dict[str, CachedFeatures]
+    info: DatasetInfo
+    image_size: int
+    transform: dict
+    extract_s: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def key_parts(spec: ModelSpec, info: DatasetInfo, split: str, dataset_fp: str, transform: dict,
+              layer: str, amp: torch.dtype | None) -> dict:
+    return {"model": spec.key_parts(), "dataset": info.name, "dataset_fingerprint": dataset_fp,
+            "split": split, "transform": transform, "feature_layer": layer,
+            "amp": str(amp).replace("torch.", "") if amp else "fp32"}
+
+
+def extract_splits(
+    spec: ModelSpec,
+    dataset: str,
+    splits: list[str],
+    *,
+    data_root=None,
+    cache_dir=None,
+    feature_layer: str = "pooled",
+    image_size: int | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    device=None,
+    amp: bool | None = None,
+    progress: bool = True,
+    extractor: FeatureExtractor | None = None,
+) -> Extraction:
+    """Cached features of ``splits`` of ``dataset`` for ``spec`` (extracting what is missing).
+
+    The model is built only when some split is not cached (or passed in as ``extractor``,
+    which must be ``spec``'s at ``feature_layer`` on ``device``: reuse one across datasets).
+    ``image_size`` defaults to the dataset's own for TinyViT (digits: 32), else the model's
+    (TinyViT: 224; a timm model: its pretrained config's).
+    """
+    info = get_info(dataset)
+    device = select_device(device)
+    amp_dtype = autocast_dtype(device, amp)
+    if image_size is None and spec.kind == "tinyvit":
+        # TinyViT takes any input size; a timm model may not (ViTs fix theirs), so it keeps
+        # its own default unless --image-size says otherwise
+        image_size = info.default_image_size
+    data_config = spec.data_config(image_size)
+    size = int(data_config["input_size"][-1])
+    prep = eval_transform(info, data_config)
+    cache = FeatureCache(cache_dir)
+    out: dict[str, CachedFeatures] = {}
+    seconds: dict[str, float] = {}
+    start_all = time.perf_counter()
+    for split in splits:
+        t0 = time.perf_counter()
+        raw = load_split(info, split, data_root, size)
+        if len(raw) == 0:
+            raise ValueError(f"{info.name}/{split} has no images")
+        parts = key_parts(spec, info, split, fingerprint(raw), prep.description, feature_layer,
+                          amp_dtype)
+        entry = cache.load(parts)
+        if entry is None:
+            with cache.lock(parts):
+                entry = cache.load(parts)  # another process may have finished it meanwhile
+                if entry is None:
+                    if extractor is None:
+                        extractor = build_extractor(spec, feature_layer, device)
+                    entry = _extract_one(extractor, cache, parts, raw, prep, info, split,
+                                         batch_size, workers, device, amp_dtype, progress)
+        out[split] = entry
+        seconds[split] = time.perf_counter() - t0
+    return Extraction(out, info, size, prep.description, time.perf_counter() - start_all, seconds)
+
+
+def _extract_one(extractor, cache, parts, raw, prep, info, split, batch_size, workers,
+                 device, amp_dtype, progress) -> CachedFeatures:
+    from tqdm.auto import tqdm
+
+    n = len(raw)
+    writer = cache.writer(parts, n)
+    data = Preprocessed(raw, prep.transform)
+    if writer.done:
+        data = Subset(data, range(writer.done, n))
+    if batch_size is None:
+        batch_size = 256 if device.type == "cuda" else 64
+    workers = default_workers(n) if workers is None else workers
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False,
+                        prefetch_factor=4 if workers else None)
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    t0 = time.perf_counter()
+    bar = tqdm(total=n, initial=writer.done, unit="img", disable=not progress,
+               desc=f"extract {info.name}/{split}", leave=False)
+    row = resumed = writer.done
+    try:
+        with torch.inference_mode(), autocast:
+            for images, targets in loader:
+                feats = extractor(prep.normalise(images.to(device, non_blocking=True)))
+                writer.write(row, feats.float().cpu().numpy(), targets.numpy())
+                row += len(images)
+                bar.update(len(images))
+    except BaseException:
+        writer.checkpoint()  # Ctrl-C or a crash: keep every row written so far for the resume
+        raise
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    return writer.finish({"classes": class_names(raw), "extract_s": elapsed,
+                          "images_per_s": (n - resumed) / elapsed if elapsed else None,
+                          "resumed_from": resumed,
+                          "device": str(device), "batch_size": batch_size, "workers": workers,
+                          "multilabel": bool(info.multilabel)})
+

@@ -1,0 +1,163 @@
+"""End to end on the embedded digits: CLI commands, result records, leakage, the suite API."""
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from linear_probe.__main__ import main
+from linear_probe.results import REQUIRED_FIELDS, append_jsonl, make_record, read_jsonl
+
+TINY = {"embed_dims": [16, 32, 48, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
+        "window_sizes": [7, 4, 2, 1]}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """An arch file and a feature cache holding digits train / test features (extracted once)."""
+    root = tmp_path_factory.mktemp("probe")
+    arch = root / "student.json"
+    arch.write_text(json.dumps(TINY))
+    cache = root / "cache"
+    assert main(["extract", "--arch", str(arch), "--dataset", "digits", "--cache-dir", str(cache),
+                 "--no-progress"]) == 0
+    return {"arch": str(arch), "cache": str(cache), "root": root}
+
+
+def _args(env, command, *extra, output=None):
+    out = output or str(env["root"] / f"{command}.jsonl")
+    return [command, "--arch", env["arch"], "--dataset", "digits", "--cache-dir", env["cache"],
+            "--output", out, "--no-progress", *extra], out
+
+
+def test_sweep_writes_complete_records_and_appends(env, capsys):
+    args, out = _args(env, "sweep")
+    assert main(args) == 0
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "tinyvit-student digits linear probe: top1" in printed and "appended 1 record" in printed
+    first, second = read_jsonl(out)
+    for field in REQUIRED_FIELDS:
+        assert field in first, field
+    assert first["task"] == "linear_probe" and first["model"] == "tinyvit-student"
+    assert first["arch"] == env["arch"] and first["weights"] is None
+    assert first["weights_digest"] == "random" and first["metric"] == "top1"
+    assert first["split_sizes"]["train"] + first["split_sizes"]["val"] == 1257
+    assert first["split_sizes"]["test"] == 540
+    assert set(first["metrics"]) == {"top1", "top5", "mean_per_class"}
+    assert 50.0 < first["metrics"]["top1"] <= 100.0  # random features still separate digits
+    assert first["weight_decay"] == pytest.approx(1 / (first["C"] * 1257))
+    assert first["cache_hit"] and second["cache_hit"]
+    assert first["metrics"] == second["metrics"]  # deterministic
+    assert set(first["timings"]) >= {"extract_s", "sweep_s", "fit_s", "eval_s", "total_s"}
+
+
+def test_linear_probe_fits_train_rows_only(env, monkeypatch):
+    """No test leakage: the search and final fit receive exactly the train split's rows."""
+    import linear_probe.evaluate as evaluate
+    from linear_probe.evaluate import FeatureSettings
+    seen = {}
+    real = evaluate.sweep_weight_decay
+
+    def spy(X, y, **kwargs):
+        seen["X"], seen["y"] = np.array(X), np.array(y)
+        return real(X, y, **kwargs)
+
+    monkeypatch.setattr(evaluate, "sweep_weight_decay", spy)
+    settings = FeatureSettings(cache_dir=env["cache"], progress=False)
+    from linear_probe.backbones import ModelSpec
+    spec = ModelSpec("tinyvit", arch=env["arch"])
+    evaluate.linear_probe(spec, "digits", settings=settings)
+    ex = settings.extract(spec, "digits", ["train", "test"])
+    np.testing.assert_array_equal(seen["X"], ex.splits["train"].features)
+    test_rows = {r.tobytes() for r in ex.splits["test"].features}
+    assert not any(r.tobytes() in test_rows for r in seen["X"])
+
+
+def test_kshot_records_and_val_from_shots_only(env, monkeypatch, capsys):
+    import linear_probe.evaluate as evaluate
+    from linear_probe.fewshot import sample_kshot
+    captured = []
+    real = evaluate.sweep_weight_decay
+
+    def spy(X, y, **kwargs):
+        captured.append((np.array(X), np.array(y), kwargs.get("fixed_weight_decay")))
+        return real(X, y, **kwargs)
+
+    monkeypatch.setattr(evaluate, "sweep_weight_decay", spy)
+    args, out = _args(env, "kshot", "--k", "1", "3", "--seeds", "0", "1")
+    assert main(args) == 0
+    records = read_jsonl(out)
+    assert [(r["k"], r["seed"]) for r in records] == [(1, 0), (1, 1), (3, 0), (3, 1)]
+    assert all(r["task"] == "kshot" and r["split_sizes"]["test"] == 540 for r in records)
+    one, three = records[0], records[2]
+    assert one["split_sizes"] == {"train": 10, "val": 0, "test": 540} and one["C"] is None
+    assert three["split_sizes"] == {"train": 20, "val": 10, "test": 540}
+    assert "3-shot: top1" in capsys.readouterr().out
+    # what was fitted is exactly the sampled shots of the train split
+    from linear_probe.backbones import ModelSpec
+    from linear_probe.evaluate import FeatureSettings
+    train = FeatureSettings(cache_dir=env["cache"], progress=False).extract(
+        ModelSpec("tinyvit", arch=env["arch"]), "digits", ["train"]).splits["train"]
+    shots = sample_kshot(train.labels, 3, 1)
+    X, y, fixed = captured[3]
+    np.testing.assert_array_equal(X, train.features[shots])
+    assert fixed is None and captured[0][2] is not None  # 1-shot: fixed weight decay
+
+
+def test_episodes_record(env):
+    args, out = _args(env, "episodes", "--k", "5", "--episodes", "20", "--n-way", "5")
+    assert main(args) == 0
+    (record,) = read_jsonl(out)
+    assert record["task"] == "episodes" and record["n_way"] == 5 and record["episodes"] == 20
+    assert record["split_sizes"] == {"train": 25, "val": 0, "test": 75} and record["split"] == "test"
+    assert 0 < record["ci95"] < 20 and 20.0 <= record["metrics"]["top1"] <= 100.0
+
+
+def test_cli_errors_are_messages_not_tracebacks(env, capsys):
+    args, out = _args(env, "kshot", "--k", "200", output=str(env["root"] / "errors.jsonl"))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 200-shot sampling needs 200 training images per class")
+    assert "Traceback" not in err and not (env["root"] / "errors.jsonl").exists()
+    assert main(["sweep", "--model", "resnet", "--dataset", "digits"]) == 2
+    assert "--model must be 'tinyvit' or 'timm:<name>'" in capsys.readouterr().err
+    assert main(["sweep", "--weights", "nope.pth", "--dataset", "digits"]) == 2
+    assert "--weights 'nope.pth': no such file" in capsys.readouterr().err
+    assert main(["datasets", "--data-root", str(env["root"])]) == 0
+    listing = capsys.readouterr().out
+    assert "digits" in listing and "ok (embedded)" in listing
+    assert f"missing: {env['root']}/cifar10/cifar-10-batches-py" in listing
+
+
+def test_run_suite_api(env, tmp_path):
+    from linear_probe import ModelSpec, run_suite
+    out = tmp_path / "suite.jsonl"
+    with pytest.warns(UserWarning, match=r"skipping episodes with K = \[50\]"):
+        records = run_suite(ModelSpec("tinyvit", arch=env["arch"], label="student"), "digits",
+                            output=str(out), cache_dir=env["cache"], ks=(1, 2), seeds=(0,),
+                            episode_ks=(5, 50), n_episodes=10, progress=False)
+    assert [r["task"] for r in records] == ["linear_probe", "kshot", "kshot", "episodes"]
+    assert len(read_jsonl(out)) == 4 and all(r["model"] == "student" for r in records)
+    assert all(r["cache_hit"] for r in records)
+
+
+def test_records_validate_and_append_atomically(tmp_path):
+    base = dict(task="kshot", model="m", dataset="d", metric="top1", metrics={"top1": 1.0},
+                split_sizes={}, timings={})
+    with pytest.raises(ValueError, match="task must be one of"):
+        make_record(**{**base, "task": "probe"})
+    with pytest.raises(ValueError, match="official metric 'map11' missing"):
+        make_record(**{**base, "metric": "map11"})
+    out = tmp_path / "sub" / "r.jsonl"
+    threads = [threading.Thread(target=append_jsonl, args=(out, [make_record(**base, seed=i)] * 3))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    records = read_jsonl(out)
+    assert len(records) == 24 and sorted({r["seed"] for r in records}) == list(range(8))
+    out.write_text(out.read_text() + "{not json\n")
+    with pytest.raises(ValueError, match=r"r\.jsonl:25: not a JSON record"):
+        read_jsonl(out)
