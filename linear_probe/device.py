@@ -1,30 +1,18 @@
-"""Where to compute: CUDA when available, else CPU; mixed precision only on CUDA."""
+"""Where the probes compute (the project policy of :mod:`tinyvit_backbone.device`; no mixed
+precision on CPU) and how many CPU threads a fit uses."""
 from __future__ import annotations
 
 import contextlib
 
 import torch
 
+from tinyvit_backbone.device import amp_dtype
+from tinyvit_backbone.device import select_device as _select_device
+
 
 def select_device(requested: str | torch.device | None = None) -> torch.device:
-    """``None`` / ``'auto'``: ``cuda`` if available else ``cpu``; otherwise the named device,
-    which must exist (a clear error instead of a CUDA traceback later)."""
-    if requested is None or str(requested) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError as err:
-        raise ValueError(f"--device {requested!r} is not a device name (use auto, cpu, cuda or "
-                         "cuda:N)") from err
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {requested} was requested but torch sees no GPU (no "
-                             "driver, a CPU-only torch build, or CUDA_VISIBLE_DEVICES is empty); "
-                             "use --device cpu, or --device auto to pick what is there.")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {requested}: only {torch.cuda.device_count()} GPU(s) "
-                             "are visible")
-    return device
+    """The project's device policy (:mod:`tinyvit_backbone.device`)."""
+    return _select_device(requested)
 
 
 def same_device(a, b) -> bool:
@@ -39,11 +27,9 @@ def same_device(a, b) -> bool:
 
 
 def autocast_dtype(device: torch.device, amp: bool | None = None) -> torch.dtype | None:
-    """Mixed-precision dtype for extraction: bfloat16 (float16 on GPUs without bf16) on CUDA
-    unless ``amp`` is False; always None (full float32) on CPU, where it would only be slower."""
-    if device.type != "cuda" or amp is False:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """Mixed-precision dtype for extraction: the project's CUDA default unless ``amp`` is False;
+    always None (full float32) on CPU, where it would only be slower."""
+    return amp_dtype(device, amp) if device.type == "cuda" else None
 
 
 # Below this many multiply-adds per objective evaluation (rows x dim x classes) a CPU fit runs

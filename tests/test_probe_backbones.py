@@ -12,7 +12,7 @@ TINY = {"embed_dims": [16, 32, 48, 64], "depths": [1, 1, 1, 1], "num_heads": [1,
 def test_device_selection(monkeypatch):
     assert select_device(None) == torch.device("cpu")  # tests hide GPUs
     assert select_device("auto") == torch.device("cpu")
-    with pytest.raises(ValueError, match="--device cuda was requested but torch sees no GPU"):
+    with pytest.raises(ValueError, match="--device cuda asks for CUDA, but torch sees no GPU"):
         select_device("cuda")
     with pytest.raises(ValueError, match="not a device name"):
         select_device("gpu0")

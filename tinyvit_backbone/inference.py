@@ -171,7 +171,7 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     model.eval()
     if getattr(model, "is_fused", False):
         return model
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         if isinstance(module, PatchEmbed):
             _fuse_conv_chain(module, [("conv1", "act"), ("conv2", None)], first_to_channels_last=True)
         elif isinstance(module, (MBConv, PatchMerging)):

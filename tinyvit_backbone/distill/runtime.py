@@ -9,13 +9,14 @@
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from ..device import amp_dtype, autocast
+from ..device import select_device as _select_device
 from .errors import DistillError
 
 
@@ -42,41 +43,12 @@ def dist_env_from_environ() -> DistEnv:
 
 def select_device(requested: str | None = "auto", env: DistEnv | None = None,
                   cuda_available: bool | None = None) -> torch.device:
-    """``auto``/None -> ``cuda:LOCAL_RANK`` if CUDA is available, else ``cpu``; ``cpu``; ``cuda``
-    or ``cuda:N`` (refused when CUDA is unavailable)."""
+    """The project's device policy (:mod:`tinyvit_backbone.device`) for this torchrun rank."""
     env = env or dist_env_from_environ()
-    has_cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
-    req = (requested or "auto").strip().lower()
-    if req == "auto":
-        return torch.device(f"cuda:{env.local_rank}") if has_cuda else torch.device("cpu")
-    if req == "cpu":
-        return torch.device("cpu")
-    if req.startswith("cuda"):
-        if not has_cuda:
-            raise DistillError(f"--device {requested} asked for CUDA, but torch sees no GPU "
-                               f"(torch {torch.__version__}); use --device cpu or auto")
-        return torch.device(req if ":" in req else f"cuda:{env.local_rank}")
-    raise DistillError(f"--device must be auto, cpu, cuda or cuda:N, got {requested!r}")
-
-
-def amp_dtype(device: torch.device, amp: bool | None = None,
-              bf16_supported: bool | None = None) -> torch.dtype | None:
-    """Autocast dtype, or None for full precision. ``amp=None`` means on for CUDA only."""
-    enabled = device.type == "cuda" if amp is None else amp
-    if not enabled:
-        return None
-    if device.type != "cuda":
-        return torch.bfloat16
-    if bf16_supported is None:
-        bf16_supported = torch.cuda.is_bf16_supported()
-    return torch.bfloat16 if bf16_supported else torch.float16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` for ``dtype``, or a no-op context when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    try:
+        return _select_device(requested, local_rank=env.local_rank, cuda_available=cuda_available)
+    except ValueError as err:
+        raise DistillError(str(err)) from None
 
 
 def init_distributed(device: torch.device) -> DistEnv:

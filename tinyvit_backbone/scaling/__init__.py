@@ -11,7 +11,8 @@ mmengine's counters, measured throughput), ``proxy`` (short training on the embe
 zero-cost score), ``search`` (the rounds), ``report`` (architecture JSON, CSV / Markdown tables).
 The CLI is ``python -m tinyvit_backbone.scaling {measure,search,report}``.
 """
-from .measure import CostModel, DeviceThroughput, count_macs, count_params, select_device
+from ..device import select_device
+from .measure import CostModel, DeviceThroughput, count_macs, count_params
 from .proxy import ProxyScore, SnipProxy, TrainingProxy
 from .report import load_result, write_arch, write_outputs
 from .search import Candidate, Constraints, SearchError, SearchResult, search

@@ -21,7 +21,8 @@ import sys
 
 import torch
 
-from .measure import CostModel, DeviceThroughput, count_macs, count_params, select_device
+from ..device import select_device
+from .measure import CostModel, DeviceThroughput, count_macs, count_params
 from .proxy import SnipProxy, TrainingProxy
 from .report import load_result, write_outputs, write_tables
 from .search import Constraints, SearchError, search

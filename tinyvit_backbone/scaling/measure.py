@@ -15,26 +15,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..backbone import build_timm_tinyvit
+from ..device import select_device
 
 ThroughputFn = Callable[[dict], float]
 """``arch -> images per second``; the search takes any such callable (tests pass a stub)."""
-
-
-def select_device(name: str | None = None) -> torch.device:
-    """``None`` / ``'auto'``: CUDA when available, else CPU; otherwise the named device, with a
-    clear error when it asks for CUDA on a machine without it."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r} ({err}); use 'auto', 'cpu' or 'cuda[:N]'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no GPU on this machine; "
-                         "use --device cpu (or auto)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) are visible")
-    return device
 
 
 def count_params(arch: dict, num_classes: int = 1000) -> int:

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..backbone import build_timm_tinyvit
+from ..device import amp_dtype, select_device
 from ..embedded.digits import NUM_CLASSES, DigitsDataset
-from .measure import select_device
 
 
 @dataclass
@@ -83,12 +83,6 @@ def _build(arch: dict, resolution: int, seed: int, device: torch.device):
     return build_timm_tinyvit(proxy_arch(arch, resolution), num_classes=NUM_CLASSES).to(device)
 
 
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 @dataclass
 class TrainingProxy:
     """Short training on the digits; score = held-out top-1 accuracy in %.
@@ -132,7 +126,7 @@ class TrainingProxy:
 
         start = time.perf_counter()
         device = select_device(self.device)
-        amp_dtype = _amp_dtype(device)
+        amp = amp_dtype(device)
         x, y, hx, hy = digits_split(self.resolution, self.holdout_fraction, self.seed)
         model = _build(arch, self.resolution, self.seed, device)
         optimizer = create_optimizer_v2(model, "adamw", lr=self.lr,
@@ -140,7 +134,7 @@ class TrainingProxy:
         scheduler = CosineLRScheduler(optimizer, t_initial=self.steps, lr_min=self.lr * 0.01,
                                       warmup_t=max(1, self.steps // 10), warmup_lr_init=self.lr * 0.01,
                                       t_in_epochs=False)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
         gen = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(y), generator=gen)
         pos, losses = 0, []
@@ -151,8 +145,8 @@ class TrainingProxy:
             idx = order[pos:pos + self.batch_size]
             pos += self.batch_size
             xb, yb = x[idx].to(device), y[idx].to(device)
-            with torch.autocast(device.type, amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
+            with torch.autocast(device.type, amp or torch.float32,
+                                enabled=amp is not None):
                 loss = F.cross_entropy(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -163,8 +157,8 @@ class TrainingProxy:
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"training proxy diverged for {arch} (loss {losses[-1]}); "
                                      "lower --proxy-lr")
-        _recalibrate_batchnorm(model, x[: self.bn_images], device, amp_dtype)
-        accuracy, holdout_loss = _evaluate(model, hx, hy, device, amp_dtype)
+        _recalibrate_batchnorm(model, x[: self.bn_images], device, amp)
+        accuracy, holdout_loss = _evaluate(model, hx, hy, device, amp)
         return ProxyScore(score=accuracy, details=dict(
             holdout_loss=holdout_loss, final_train_loss=float(np.mean(losses[-5:])),
             seconds=time.perf_counter() - start))
