@@ -1,0 +1,73 @@
+"""The demo (`make demo`): device-dependent settings, stage order errors, and every stage in a
+reduced form, rerun reusing what is done."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyvit_backbone.demo import DemoError, DemoSettings, run_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+def test_settings_follow_the_device():
+    cpu = DemoSettings.for_device(torch.device("cpu"))
+    gpu = DemoSettings.for_device(torch.device("cuda", 0))
+    assert not cpu.amp and gpu.amp
+    assert gpu.batch_size > cpu.batch_size and gpu.det_iters > cpu.det_iters
+    small = cpu.reduced()
+    assert small.det_iters < cpu.det_iters and small.distill_scale == "smoke"
+
+
+def test_device_selection_is_used_without_flags(monkeypatch, tmp_path):
+    """On a GPU machine the demo picks the GPU settings by itself (no flags)."""
+    import tinyvit_backbone.device as device
+    seen = {}
+
+    def fake_run(out, settings=None, **kwargs):
+        seen["settings"] = settings
+        return {"seconds": {}}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert device.select_device().type == "cuda"
+    import demo as demo_cli
+    monkeypatch.setattr("tinyvit_backbone.demo.run_demo", fake_run)
+    assert demo_cli.main(["--out", str(tmp_path)]) == 0
+    assert seen["settings"].amp and seen["settings"].batch_size == 8
+
+
+def test_a_stage_without_its_inputs_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(DemoError, match="needs the distilled student"):
+        run_demo(str(tmp_path), settings=DemoSettings().reduced(), stages=["detect"], log=lambda m: None)
+    import demo as demo_cli
+    assert demo_cli.main(["--out", str(tmp_path), "--stages", "probe"]) == 2
+    assert "needs the students" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        demo_cli.main(["--stages", "nonsense"])
+
+
+@pytest.mark.slow
+def test_reduced_demo_runs_every_stage_and_reuses_on_rerun(tmp_path):
+    out = str(tmp_path / "demo")
+    lines = []
+    summary = run_demo(out, settings=DemoSettings().reduced(), log=lines.append)
+    assert set(summary["seconds"]) == {"distill", "detect", "segment", "probe", "tables"}
+    assert "coco/bbox_mAP" in summary["detect"] and "mIoU" in summary["segment"]
+    assert len(summary["probe"]) == 3
+    for rel in ("tables/tables.md", "tables/coco.csv", "probe/results.jsonl", "summary.json"):
+        assert os.path.isfile(os.path.join(out, rel)), rel
+    tables = open(os.path.join(out, "tables", "tables.md")).read()
+    assert "mask_rcnn_tinyvit_demo" in tables and "tinyvit-demo distilled" in tables
+    records = [json.loads(line) for line in open(os.path.join(out, "probe", "results.jsonl"))]
+    assert {r["task"] for r in records} == {"linear_probe", "kshot", "episodes"}
+
+    lines.clear()
+    again = run_demo(out, settings=DemoSettings().reduced(), log=lines.append)
+    for name in ("mask_rcnn_tinyvit_demo", "upernet_tinyvit_demo"):
+        assert any(f"{name}: finished run found" in line for line in lines), name
+    assert again["detect"] == summary["detect"]
+    assert again["seconds"]["distill"] < summary["seconds"]["distill"]

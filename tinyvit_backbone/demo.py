@@ -1,0 +1,249 @@
+"""The paper's transfer pipeline in miniature, on the embedded data (``make demo``).
+
+Stages (each reuses its finished outputs on a rerun unless ``fresh``):
+
+1. distill  — train a small teacher on the digits, store its top-K logits with the augmentation
+   seeds, distil a small TinyViT from the store alone, and train the same student on labels
+   (:func:`tinyvit_backbone.distill.run_pipeline`);
+2. detect   — Mask R-CNN with the distilled student as backbone on the embedded scenes (mmdet,
+   COCO metrics through pycocotools);
+3. segment  — UperNet with the same backbone (mmseg, mIoU);
+4. probe    — linear probe, k-shot probes and 5-way episodes on the digits for the distilled,
+   the label-trained and a randomly initialised student (:mod:`linear_probe`);
+5. tables   — the results tables and plots (:mod:`tinyvit_backbone.reporting`).
+
+Everything lands in one folder (default ``results/demo``); a short summary ends the run. On a
+machine with an NVIDIA GPU the same command uses it, with AMP and larger batches
+(:meth:`DemoSettings.for_device`).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import glob
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+DET_CONFIG = "det_configs/mask_rcnn_tinyvit5m_1x.py"
+SEG_CONFIG = "seg_configs/upernet_tinyvit5m_8xb2_160k_ade20k_512x512.py"
+# The scenes' 128-px images give 32/16/8/4-px stage maps: windows that tile them. The student's
+# 32-px digit windows (8, 4, 2, 1) are resized (bicubic) to these when the backbone loads.
+SCENE_WINDOWS = [8, 8, 8, 4]
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    distill_scale: str = "demo"
+    det_iters: int = 160
+    seg_iters: int = 100
+    lr: float = 5e-4
+    image_size: int = 128
+    batch_size: int = 2
+    amp: bool = False
+    probe_quick: bool = True
+    probe_episodes: int | None = None
+    torch_threads_small: int = 1  # the digits stages: tiny tensors, where threads only wait
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> DemoSettings:
+        """CPU: fits ~10 minutes on 2 cores. GPU: AMP, 4x the batch, more iterations."""
+        if device.type == "cuda":
+            return cls(det_iters=300, seg_iters=300, batch_size=8, amp=True, lr=1e-3)
+        return cls()
+
+    def reduced(self) -> DemoSettings:
+        """A seconds-long version of every stage (for tests)."""
+        return replace(self, distill_scale="smoke", det_iters=2, seg_iters=2, image_size=64,
+                       probe_episodes=10)
+
+
+class DemoError(RuntimeError):
+    """Something the demo needs is missing; the message says what and how to get it."""
+
+
+@contextlib.contextmanager
+def _threads(count: int | None):
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- stages
+def stage_distill(out: str, settings: DemoSettings, fresh: bool, log) -> dict:
+    from .distill import DEMO_ARCH, run_pipeline
+
+    with _threads(settings.torch_threads_small):
+        result = run_pipeline(os.path.join(out, "distill"), DEMO_ARCH, scale=settings.distill_scale,
+                              fresh=fresh, log=log)
+    result["student_arch"] = DEMO_ARCH
+    return result
+
+
+def _finished(work_dir: str, iters: int, metric: str) -> bool:
+    last = os.path.join(work_dir, "last_checkpoint")
+    if not os.path.isfile(last) or not open(last).read().strip().endswith(f"iter_{iters}.pth"):
+        return False
+    scalars = glob.glob(os.path.join(work_dir, "*", "vis_data", "scalars.json"))
+    return any(metric in line for path in scalars for line in open(path))
+
+
+def _metrics(work_dir: str, metric: str) -> dict:
+    lines = [json.loads(line) for path in sorted(glob.glob(os.path.join(work_dir, "*", "vis_data",
+                                                                          "scalars.json")))
+             for line in open(path) if metric in line]
+    return lines[-1] if lines else {}
+
+
+def stage_dense(task: str, out: str, student: dict, settings: DemoSettings, fresh: bool,
+                log) -> dict:
+    """Train and evaluate the detector ('det') or segmenter ('seg') on the embedded scenes."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from .embedded.overlay import apply_overlay, ensure_scenes
+
+    config, iters, metric = ((DET_CONFIG, settings.det_iters, "coco/bbox_mAP") if task == "det"
+                             else (SEG_CONFIG, settings.seg_iters, "mIoU"))
+    name = "mask_rcnn_tinyvit_demo" if task == "det" else "upernet_tinyvit_demo"
+    work_dir = os.path.join(out, "work_dirs", name)
+    if fresh and os.path.isdir(work_dir):
+        shutil.rmtree(work_dir)
+    if not fresh and _finished(work_dir, iters, metric):
+        log(f"[demo]   {name}: finished run found in {work_dir}, reused")
+        return _metrics(work_dir, metric)
+    scenes = ensure_scenes(os.path.join(out, "data", "scenes"))
+    arch = dict(copy.deepcopy(student["student_arch"]), window_sizes=SCENE_WINDOWS)
+    cfg = apply_overlay(Config.fromfile(os.path.join(_root(), config)), scenes, iters=iters,
+                        image_size=settings.image_size, batch_size=settings.batch_size,
+                        lr=settings.lr, arch=arch, backbone_checkpoint=student["weights"]["store"],
+                        work_dir=work_dir)
+    if settings.amp:
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.loss_scale = "dynamic"
+    cfg.resume = os.path.isfile(os.path.join(work_dir, "last_checkpoint"))
+    cfg.log_level = "WARNING"
+    cfg.default_hooks.logger = dict(type="LoggerHook", interval=max(1, iters // 6))
+    log(f"[demo]   {name}: {iters} iterations on the embedded scenes"
+        + (" (resuming)" if cfg.resume else ""))
+    runner = Runner.from_cfg(cfg)
+    # progress lines from here on, without the environment / config dump of the Runner's start
+    runner.logger.setLevel("INFO")
+    for handler in runner.logger.handlers:
+        handler.setLevel("INFO")
+    runner.train()
+    return _metrics(work_dir, metric)
+
+
+def stage_probe(out: str, student: dict, settings: DemoSettings, log) -> list[dict]:
+    from linear_probe import ModelSpec, run_suite
+
+    arch = student["student_arch"]
+    models = [("tinyvit-demo distilled", student["weights"]["store"]),
+              ("tinyvit-demo label-trained", student["weights"]["labels"]),
+              ("tinyvit-demo random init", student["weights"]["init"])]
+    records = []
+    with _threads(settings.torch_threads_small):
+        for label, weights in models:
+            log(f"[demo]   probes for {label}")
+            kwargs = {} if settings.probe_episodes is None else dict(n_episodes=settings.probe_episodes)
+            records += run_suite(ModelSpec("tinyvit", arch=arch, weights=weights, label=label),
+                                 dataset="digits", output=None,
+                                 cache_dir=os.path.join(out, "probe", "features"),
+                                 quick=settings.probe_quick, progress=False, **kwargs)
+    path = os.path.join(out, "probe", "results.jsonl")
+    _atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    return records
+
+
+def stage_tables(out: str, log) -> dict:
+    from .reporting import make_tables
+
+    bench = os.path.join(_root(), "results", "bench", "report.json")
+    return make_tables([os.path.join(out, "work_dirs")], [os.path.join(out, "probe", "results.jsonl")],
+                       bench if os.path.isfile(bench) else None, os.path.join(out, "tables"))
+
+
+def _atomic_write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the run
+STAGES = ("distill", "detect", "segment", "probe", "tables")
+
+
+def run_demo(out: str = "results/demo", *, settings: DemoSettings | None = None,
+             fresh: bool = False, stages=STAGES, log: Callable[[str], None] = print) -> dict:
+    """Run the stages in order; returns (and writes to ``out/summary.json``) what they made."""
+    from .device import select_device
+
+    settings = settings or DemoSettings.for_device(select_device())
+    os.makedirs(out, exist_ok=True)
+    summary: dict = dict(settings=asdict(settings), seconds={})
+    student = None
+    for number, stage in enumerate(stages, 1):
+        start = time.perf_counter()
+        log(f"[demo] stage {number}/{len(stages)}: {stage}")
+        if stage == "distill":
+            student = stage_distill(out, settings, fresh, log)
+            summary["distill"] = dict(accuracy=student["accuracy"], store=student["store"])
+        elif stage in ("detect", "segment"):
+            if student is None:
+                raise DemoError(f"stage {stage} needs the distilled student: run the distill stage")
+            summary[stage] = stage_dense("det" if stage == "detect" else "seg", out, student,
+                                         settings, fresh, log)
+        elif stage == "probe":
+            if student is None:
+                raise DemoError("stage probe needs the students: run the distill stage")
+            records = stage_probe(out, student, settings, log)
+            summary["probe"] = {r["model"]: round(r["metrics"]["top1"], 2) for r in records
+                                if r["task"] == "linear_probe"}
+        elif stage == "tables":
+            tables = stage_tables(out, log)
+            summary["tables"] = dict(folder=os.path.join(out, "tables"), rows=tables["tables"],
+                                     missing=len(tables.get("missing", [])))
+        else:
+            raise DemoError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        summary["seconds"][stage] = round(time.perf_counter() - start, 1)
+    _atomic_write(os.path.join(out, "summary.json"), json.dumps(summary, indent=1, default=str) + "\n")
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = ["", "TinyViT transfer demo — summary"]
+    if "distill" in summary:
+        acc = summary["distill"]["accuracy"]
+        lines.append("  distillation (digits test top-1 %): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in acc.items()))
+    if "detect" in summary:
+        d = summary["detect"]
+        lines.append(f"  Mask R-CNN on scenes: bbox mAP {d.get('coco/bbox_mAP', float('nan')):.3f}, "
+                     f"segm mAP {d.get('coco/segm_mAP', float('nan')):.3f}")
+    if "segment" in summary:
+        lines.append(f"  UperNet on scenes: mIoU {summary['segment'].get('mIoU', float('nan')):.1f}")
+    if "probe" in summary:
+        lines.append("  linear probe on digits (top-1 %): " + ", ".join(
+            f"{k.removeprefix('tinyvit-demo ')} {v:.1f}" for k, v in summary["probe"].items()))
+    if "tables" in summary:
+        lines.append(f"  tables and plots: {summary['tables']['folder']}/tables.md")
+    total = sum(summary["seconds"].values())
+    lines.append(f"  time: {total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in
+                                                       summary["seconds"].items()) + ")")
+    return "\n".join(lines)
