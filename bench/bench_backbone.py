@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Figure  # noqa: E402
+from bench.common import Figure, main  # noqa: E402
 
 ARCHS = ("5m", "11m", "21m")
 
@@ -103,6 +103,4 @@ def run(quick: bool = False) -> list[Figure]:
 
 
 if __name__ == "__main__":
-    for fig in run(quick="--quick" in sys.argv):
-        print(f"{fig.name}: {fig.value:.2f} {fig.unit} vs {fig.baseline_value:.2f} "
-              f"({fig.speedup:.3f}x)" + ("" if fig.goal is None else f", goal {fig.goal}x"))
+    sys.exit(main(run))

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import Figure  # noqa: E402
+from bench.common import main as bench_main  # noqa: E402
 
 SWIN_MASK_RCNN = "det_configs/mask_rcnn_swin-t_1x.py"
 
@@ -139,15 +140,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--data-root", default=str(ROOT / "data" / "embedded" / "scenes"))
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
     if args.worker:
         print(json.dumps(_iteration_worker(args.worker, args.size, args.batch, args.iters,
                                            args.data_root)))
         return 0
-    for fig in run(args.quick):
-        print(f"{fig.name}: {fig.value:.4g} {fig.unit} vs {fig.baseline_value:.4g} ({fig.speedup:.3f}x)")
-    return 0
+    return bench_main(run, rest)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from bench.common import Figure, machine_info, time_call
+from bench.common import Figure, main, time_call
 
 BENCH = "distill"
 STUDENT_ARCH = {"embed_dims": [64, 128, 160, 320], "depths": [2, 2, 6, 2],
@@ -265,9 +265,4 @@ def run(quick: bool = True) -> list[Figure]:
 
 
 if __name__ == "__main__":
-    quick = "--full" not in sys.argv
-    print(machine_info())
-    for fig in run(quick=quick):
-        print(f"{fig.name}: {fig.value:.4g} {fig.unit} vs {fig.baseline_value:.4g} "
-              f"({fig.baseline}); speedup {fig.speedup:.2f}, goal {fig.goal}, "
-              f"meets {fig.meets_goal} {fig.extra}")
+    sys.exit(main(run))

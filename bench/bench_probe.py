@@ -35,7 +35,7 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from bench.common import Figure, machine_info, time_call  # noqa: E402
+from bench.common import Figure, main, time_call  # noqa: E402
 
 BENCH = "probe"
 ARCH_TINY_32PX = {"embed_dims": [32, 64, 96, 128], "depths": [1, 1, 2, 1],
@@ -240,9 +240,4 @@ def _jpeg_extraction() -> list[Figure]:
 
 
 if __name__ == "__main__":
-    quick = "--full" not in sys.argv
-    print(machine_info())
-    for fig in run(quick=quick):
-        print(f"{fig.name}: {fig.value:.4g} {fig.unit} vs {fig.baseline_value:.4g} "
-              f"({fig.baseline}); speedup {fig.speedup:.2f}, goal {fig.goal}, "
-              f"meets {fig.meets_goal} {fig.extra}")
+    sys.exit(main(run))

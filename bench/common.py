@@ -86,3 +86,23 @@ def machine_info() -> dict:
         except Exception:  # not installed or broken: report, do not fail the bench
             info[mod] = None
     return info
+
+
+def describe(fig: Figure) -> str:
+    """One line per figure, as the runner and every benchmark's own ``__main__`` print it."""
+    goal = "" if fig.goal is None else f" (goal {fig.goal}x: {'ok' if fig.meets_goal else 'MISSED'})"
+    return (f"{fig.bench} | {fig.name}: {fig.value:.4g} {fig.unit} vs {fig.baseline_value:.4g} "
+            f"[{fig.baseline}] -> {fig.speedup:.3f}x{goal}")
+
+
+def main(run: Callable[..., list[Figure]], argv: list[str] | None = None) -> int:
+    """``python bench/bench_<name>.py [--quick]``: run one benchmark and print its figures."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="the minute-long version")
+    args = parser.parse_args(argv)
+    print(machine_info())
+    for fig in run(quick=args.quick):
+        print(describe(fig))
+    return 0

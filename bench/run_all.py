@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Figure, machine_info  # noqa: E402
+from bench.common import Figure, describe, machine_info  # noqa: E402
 
 
 def discover() -> list[str]:
@@ -43,10 +43,7 @@ def run_benchmarks(names: list[str], quick: bool, load=_import) -> dict:
             figures: list[Figure] = module.run(quick=quick)
             results += [f.to_dict() for f in figures]
             for f in figures:
-                print(f"[bench]   {f.name}: {f.value:.4g} {f.unit} vs {f.baseline_value:.4g} "
-                      f"-> {f.speedup:.3f}x" + ("" if f.goal is None else
-                                               f" (goal {f.goal}x: {'ok' if f.meets_goal else 'MISSED'})"),
-                      flush=True)
+                print(f"[bench]   {describe(f)}", flush=True)
         except Exception:  # a broken benchmark must not hide the others' figures
             failures[name] = traceback.format_exc(limit=8)
             print(f"[bench] {name} FAILED:\n{failures[name]}", file=sys.stderr, flush=True)

@@ -246,7 +246,7 @@ def test_with_cp_gives_identical_outputs_and_gradients():
     outs = [m(x) for m in (plain, ckpt)]
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    for m, o in zip((plain, ckpt), outs):
+    for o in outs:
         sum((t ** 2).sum() for t in o).backward()
     for (n, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-7, msg=n)

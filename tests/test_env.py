@@ -32,9 +32,10 @@ def test_mmcv_ops_run_on_cpu():
 
 
 def test_registries_build_tinyvit():
-    import tinyvit_backbone  # noqa: F401  (registers)
     from mmdet.registry import MODELS as DET
     from mmseg.registry import MODELS as SEG
+
+    import tinyvit_backbone  # noqa: F401  (registers)
 
     for registry in (DET, SEG):
         model = registry.build(dict(type="TinyViT", arch="5m", out_indices=(3,)))
@@ -90,11 +91,11 @@ def test_mmengine_resume_works_with_weights_only_loading(tmp_path):
 
 
 def test_safe_getattr_refuses_anything_but_history_buffer_methods(tmp_path):
-    import tinyvit_backbone  # noqa: F401
-
     from collections import OrderedDict
 
     from mmengine.logging.history_buffer import HistoryBuffer
+
+    import tinyvit_backbone  # noqa: F401
 
     class Reach:
         def __init__(self, owner, name):

@@ -185,5 +185,5 @@ def test_other_backbones_are_counted_through_the_registry(tmp_path):
     run = read_run(str(wd))
     assert run.status == "complete", run.reason
     assert run.config.backbone == "Swin-T"
-    assert run.config.backbone_params_m == pytest.approx(27.520698)
+    assert run.config.backbone_params_m == pytest.approx(27.520698), run.config.params_note
     assert run.config.params_note is None

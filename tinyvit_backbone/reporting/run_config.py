@@ -177,15 +177,20 @@ def _count_backbone_params(frozen_cfg: str, scope: str) -> int:
             module = TinyViT(**cfg)
     else:
         # Registers the scope's modules; building on `meta` allocates nothing.
+        from mmengine.registry import DefaultScope
+
         importlib.import_module(f"{scope}.utils").register_all_modules(init_default_scope=False)
         registry = importlib.import_module(f"{scope}.registry")
-        try:
-            with torch.device("meta"):
+        # The run's own scope, whatever the process's default is (mmdet and mmseg both have a
+        # SwinTransformer, with different defaults).
+        with DefaultScope.overwrite_default_scope(scope):
+            try:
+                with torch.device("meta"):
+                    module = registry.MODELS.build(cfg)
+            except (RuntimeError, NotImplementedError):
+                # Some __init__s read tensor values (Swin: drop-path rates via .item()), which the
+                # meta device cannot give; build those for real (one backbone, freed at once).
                 module = registry.MODELS.build(cfg)
-        except (RuntimeError, NotImplementedError):
-            # Some __init__s read tensor values (Swin: drop-path rates via .item()), which the
-            # meta device cannot give; build those for real (one backbone, freed at once).
-            module = registry.MODELS.build(cfg)
     return sum(p.numel() for p in module.parameters())
 
 
