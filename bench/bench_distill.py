@@ -70,6 +70,7 @@ def _step_figures(quick: bool) -> list[Figure]:
     from torch.utils.data import Subset
 
     from tinyvit_backbone.backbone import build_timm_tinyvit
+    from tinyvit_backbone.device import select_device
     from tinyvit_backbone.distill.datasets import DatasetInfo, open_dataset
     from tinyvit_backbone.distill.replay import (
         AugConfig,
@@ -81,6 +82,9 @@ def _step_figures(quick: bool) -> list[Figure]:
     from tinyvit_backbone.distill.soft_label import rebuild_soft_labels, soft_target_cross_entropy
     from tinyvit_backbone.distill.teacher import Teacher
 
+    device = select_device()  # a GPU when there is one, like the training CLI
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
     size, batch, steps = (56, 16, 3) if quick else (112, 16, 6)
     ds, info = open_dataset("digits", "train", size)
     n = batch * steps
@@ -90,29 +94,32 @@ def _step_figures(quick: bool) -> list[Figure]:
     tmp = tempfile.TemporaryDirectory(prefix="bench_distill_")
     store = _fake_store(os.path.join(tmp.name, "store"), info, aug, 5, 10)
     torch.manual_seed(0)
-    student = build_timm_tinyvit(STUDENT_ARCH, 10)
+    student = build_timm_tinyvit(STUDENT_ARCH, 10).to(device)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
     tic = time.perf_counter()
     vit = timm.create_model(TEACHER, pretrained=False, num_classes=10, img_size=size)
     teacher_build_s = time.perf_counter() - tic
-    teacher = Teacher(vit, aug.mean, aug.std, aug.mean, aug.std)
+    teacher = Teacher(vit, aug.mean, aug.std, aug.mean, aug.std).to(device)
     batches = epoch_batches(n, 0, 0, batch)
     loaders = {mode: ReplayDataset(data, aug, 0, store if mode == "store" else None)
                for mode in ("labels", "store", "online")}
 
     def epoch(mode: str) -> None:
         for b in replay_loader(loaders[mode], 0, batches):
+            image = b["image"].to(device, non_blocking=True)
             if mode == "store":
-                target = rebuild_soft_labels(b["topk_indices"], b["topk_values"], 10)
+                target = rebuild_soft_labels(b["topk_indices"].to(device),
+                                             b["topk_values"].to(device), 10)
             elif mode == "online":
                 with torch.no_grad():
-                    target = torch.softmax(teacher(b["image"]).float(), -1)
+                    target = torch.softmax(teacher(image).float(), -1)
             else:
-                target = mixed_label_targets(b["label"], b["lam"], 10, 0.1)
-            loss = soft_target_cross_entropy(student(b["image"]), target)
+                target = mixed_label_targets(b["label"].to(device), b["lam"], 10, 0.1)
+            loss = soft_target_cross_entropy(student(image), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        sync()
 
     epoch("labels")  # warm-up (allocator, first-call paths)
     rounds = 3 if quick else 5
@@ -130,7 +137,7 @@ def _step_figures(quick: bool) -> list[Figure]:
                  teacher=f"{TEACHER} (random weights, img_size={size})",
                  teacher_params=sum(p.numel() for p in vit.parameters()),
                  teacher_build_s=round(teacher_build_s, 2), store_times=times["store"],
-                 labels_times=times["labels"], device="cpu")
+                 labels_times=times["labels"], device=str(device))
     return [
         Figure(BENCH, "step_store_vs_online_seconds", t_store, "s/step", "online ViT-L/14 teacher",
                online, higher_is_better=False, goal=1.0, extra=extra),

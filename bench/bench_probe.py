@@ -56,6 +56,7 @@ def _extraction_figures(case: str, spec, dataset: str, split: str, image_size: i
     from linear_probe.backbones import build_extractor
     from linear_probe.datasets import Preprocessed, eval_transform, get_info, load_split
     from linear_probe.extract import extract_splits
+    from tinyvit_backbone.device import select_device
 
     info = get_info(dataset)
     size = image_size or info.default_image_size
@@ -64,19 +65,22 @@ def _extraction_figures(case: str, spec, dataset: str, split: str, image_size: i
     raw = load_split(info, split, None, int(config["input_size"][-1]))
     batches = [prep.normalise(images)
                for images, _ in DataLoader(Preprocessed(raw, prep.transform), batch_size=batch_size)]
-    model = build_extractor(spec, "pooled", "cpu")
+    device = select_device()  # extraction runs where the CLI would run it
+    model = build_extractor(spec, "pooled", device)
     n = sum(len(b) for b in batches)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def forward_all():
         with torch.inference_mode():
             for images in batches:
-                model(images)
+                model(images.to(device, non_blocking=True))
+        sync()
 
     def pipeline() -> tuple[float, float]:
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
             entry = extract_splits(spec, dataset, [split], cache_dir=cache, image_size=image_size,
-                                   batch_size=batch_size, device="cpu", progress=False,
+                                   batch_size=batch_size, device=device, progress=False,
                                    extractor=model).splits[split]
             return entry.meta["extract_s"], time.perf_counter() - start
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -23,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import Figure, describe, machine_info  # noqa: E402
+from tinyvit_backbone.files import atomic_write_text  # noqa: E402
 
 
 def discover() -> list[str]:
@@ -77,14 +76,6 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few minutes in all")
@@ -99,8 +90,8 @@ def main(argv=None) -> int:
         names = [n for n in names if n in args.only]
     report = run_benchmarks(names, args.quick)
     out = Path(args.out)
-    _atomic_write(out / "report.json", json.dumps(report, indent=1) + "\n")
-    _atomic_write(out / "report.md", to_markdown(report))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out / "report.md", to_markdown(report))
     print(f"[bench] wrote {out / 'report.json'} and {out / 'report.md'}")
     return 1 if report["failures"] else 0
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tinyvit_backbone.files import atomic_write_text
+
 # Bump when the extraction code changes what features come out for the same inputs.
 EXTRACTOR_VERSION = 1
 
@@ -49,13 +51,7 @@ def cache_key(parts: dict) -> str:
 
 def write_json_atomic(path: Path, obj) -> None:
     """Write JSON to a temp file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
 
 
 @dataclass

@@ -162,3 +162,27 @@ def test_two_cpu_processes_train_with_torchrun(tmp_path):
                  ["--iters", "2"], launcher="pytorch")
     assert "Distributed training is not used" not in log
     assert "mIoU" in json.dumps(_last_metrics(tmp_path / "wd"))
+
+
+@pytest.mark.slow
+def test_mim_train_runs_an_overlay_config(tmp_path):
+    """`mim train` runs mmseg's tools/train.py from site-packages: the package must import from
+    there (editable install) and the overlay config must stand alone."""
+    import shutil
+
+    scenes = tmp_path / "scenes"
+    generate(str(scenes), SceneSettings(num_train=4, num_val=2, image_size=64))
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps(TINY_ARCH))
+    config = tmp_path / "upernet_embedded.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "tinyvit_backbone.embedded.overlay",
+                    str(ROOT / "seg_configs/upernet_tinyvit5m_8xb2_160k_ade20k_512x512.py"),
+                    "--data-root", str(scenes), "--iters", "2", "--image-size", "64",
+                    "--arch", str(arch), "--out", str(config)], check=True, cwd=tmp_path, env=env)
+    mim = shutil.which("mim", path=os.path.dirname(sys.executable))
+    out = subprocess.run([mim, "train", "mmseg", str(config), "--gpus", "0", "--work-dir",
+                          str(tmp_path / "wd")], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "mIoU" in json.dumps(_last_metrics(tmp_path / "wd"))

@@ -95,7 +95,7 @@ def test_sigkill_mid_epoch_then_resume_is_byte_identical(tmp_path, image_folder)
         f.write(b"\xff")
     assert not LogitStore.open(out).valid_mask(1)[5]
     store.manifest["epochs_complete"] = [0]
-    from tinyvit_backbone.distill.files import atomic_write_json
+    from tinyvit_backbone.files import atomic_write_json
 
     atomic_write_json(out / "manifest.json", store.manifest)
     assert main(args) == 0

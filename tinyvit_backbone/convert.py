@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 
 import torch
 
@@ -29,6 +28,7 @@ from .checkpoint import (
     official_to_timm,
     unwrap_state_dict,
 )
+from .files import atomic_torch_save, atomic_write_bytes
 
 
 def convert(src: str, dst: str, to: str = "timm") -> dict[str, torch.Tensor]:
@@ -52,22 +52,12 @@ def convert(src: str, dst: str, to: str = "timm") -> dict[str, torch.Tensor]:
 
 
 def _atomic_save(payload, dst: str) -> None:
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(dst))
-    os.close(fd)
-    try:
-        if dst.endswith(".safetensors"):
-            from safetensors.torch import save_file
-            tensors = payload["state_dict"] if "state_dict" in payload else payload
-            save_file(tensors, tmp)
-        else:
-            torch.save(payload, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if dst.endswith(".safetensors"):
+        from safetensors.torch import save
+        tensors = payload["state_dict"] if "state_dict" in payload else payload
+        atomic_write_bytes(dst, save(tensors))
+    else:
+        atomic_torch_save(dst, payload)
 
 
 def main(argv: list[str] | None = None) -> int:

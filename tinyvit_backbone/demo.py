@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from .files import atomic_write_text
+
 DET_CONFIG = "det_configs/mask_rcnn_tinyvit5m_1x.py"
 SEG_CONFIG = "seg_configs/upernet_tinyvit5m_8xb2_160k_ade20k_512x512.py"
 # The scenes' 128-px images give 32/16/8/4-px stage maps: windows that tile them. The student's
@@ -165,7 +167,7 @@ def stage_probe(out: str, student: dict, settings: DemoSettings, log) -> list[di
                                  cache_dir=os.path.join(out, "probe", "features"),
                                  quick=settings.probe_quick, progress=False, **kwargs)
     path = os.path.join(out, "probe", "results.jsonl")
-    _atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     return records
 
 
@@ -175,14 +177,6 @@ def stage_tables(out: str, log) -> dict:
     bench = os.path.join(_root(), "results", "bench", "report.json")
     return make_tables([os.path.join(out, "work_dirs")], [os.path.join(out, "probe", "results.jsonl")],
                        bench if os.path.isfile(bench) else None, os.path.join(out, "tables"))
-
-
-def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -222,7 +216,7 @@ def run_demo(out: str = "results/demo", *, settings: DemoSettings | None = None,
         else:
             raise DemoError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
         summary["seconds"][stage] = round(time.perf_counter() - start, 1)
-    _atomic_write(os.path.join(out, "summary.json"), json.dumps(summary, indent=1, default=str) + "\n")
+    atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=1, default=str) + "\n")
     return summary
 
 

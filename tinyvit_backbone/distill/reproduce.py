@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import torch
 
+from ..files import atomic_torch_save, atomic_write_json
 from .datasets import TransformedDataset, open_dataset
 from .errors import DistillError
-from .files import atomic_torch_save, atomic_write_json
 from .replay import AugConfig, build_eval_transform
 from .runtime import amp_dtype as pick_amp
 from .runtime import select_device

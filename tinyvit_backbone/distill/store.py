@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ..files import atomic_write, atomic_write_json, read_json
 from .errors import StoreError
-from .files import atomic_write, atomic_write_json, read_json
 
 FORMAT = "tinyvit-distill-store"
 FORMAT_VERSION = 1

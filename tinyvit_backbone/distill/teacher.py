@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from ..files import sha256_file
 from .errors import DistillError
-from .files import sha256_file
 
 
 class Teacher(nn.Module):

@@ -34,9 +34,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from ..files import atomic_torch_save, atomic_write_json, read_json
 from .datasets import DatasetInfo
 from .errors import DistillError
-from .files import atomic_torch_save, atomic_write_json, read_json
 from .replay import (
     AugConfig,
     ReplayDataset,
@@ -156,7 +156,7 @@ def train_classifier(
     result_path, weights_path = os.path.join(out_dir, RESULT), os.path.join(out_dir, weights_name)
     ckpt_path, log_path = os.path.join(out_dir, CHECKPOINT), os.path.join(out_dir, "log.jsonl")
     if not fresh and os.path.exists(result_path) and os.path.exists(weights_path):
-        done = read_json(result_path, "training result")
+        done = read_json(result_path, "training result", DistillError)
         if _canonical(done.get("config")) == _canonical(config):
             log(f"[train] {out_dir}: finished run found, skipped (use fresh to retrain)")
             return done

@@ -30,6 +30,7 @@ from typing import Any
 
 from mmengine.config import Config
 
+from ..files import atomic_write_text
 from .scenes import CATEGORIES, SEG_CLASSES, SEG_PALETTE, SceneSettings, generate
 
 DEFAULT_ROOT = "data/embedded/scenes"
@@ -282,10 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                         arch=args.arch, backbone_checkpoint=args.backbone_checkpoint)
     name = os.path.splitext(os.path.basename(args.config))[0]
     out = args.out or os.path.join("work_dirs", "embedded", f"{name}.py")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp.py"
-    cfg.dump(tmp)
-    os.replace(tmp, out)
+    atomic_write_text(out, cfg.pretty_text)
     print(f"wrote {out}: {name} on the embedded scenes ({args.iters} iterations, "
           f"{args.image_size}px). Train it with: mim train {task_of(cfg).replace('det', 'mmdet').replace('seg', 'mmseg')} {out}")
     return 0

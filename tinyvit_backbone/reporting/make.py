@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 
+from ..files import atomic_write_bytes, atomic_write_text
 from . import tables as build
 from .bench_report import BenchReport, read_bench_report
 from .probes import ProbeResults, read_results
@@ -49,21 +49,11 @@ def _umask() -> int:
 
 
 def atomic_write(path: str, data: bytes | str) -> None:
-    """Write to a temporary file next to ``path``, then ``os.replace`` it into place."""
+    """Text or bytes, through the project's atomic writer."""
     if isinstance(data, str):
-        data = data.encode("utf-8")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_write_text(path, data)
+    else:
+        atomic_write_bytes(path, data)
 
 
 def build_report(work_dirs: list[str], result_files: list[str],

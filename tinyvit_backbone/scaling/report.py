@@ -19,32 +19,14 @@ import io
 import json
 import os
 import re
-import tempfile
 
+from ..files import atomic_write_text
 from .search import SearchResult, format_si
 
 ARCH_FIELDS = ("embed_dims", "depths", "num_heads", "window_sizes")
 CSV_COLUMNS = ("round", "target", "status", "reason", "key", "embed_dims", "depths", "num_heads",
                "window_sizes", "params", "macs", "throughput_img_s", "score", "limit_params",
                "limit_macs", "limit_img_s", "path")
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def arch_filename(label: str) -> str:

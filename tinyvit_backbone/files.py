@@ -1,7 +1,9 @@
-"""Crash-safe file writes and file digests: nothing half-written is ever left under a final name.
+"""Crash-safe file writes and file digests for every tool of the project: nothing half-written
+is ever left under a final name.
 
 Each writer writes a temporary file in the destination folder (same file system), flushes it to
-disk, then ``os.replace``s it over the final name, which is atomic on POSIX and Windows.
+disk, gives it the permissions a plain ``open()`` would (``mkstemp`` makes files private), then
+``os.replace``s it over the final name, which is atomic on POSIX and Windows.
 """
 from __future__ import annotations
 
@@ -24,11 +26,28 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` atomically."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8, newlines as given) atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -55,10 +74,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def read_json(path: str | os.PathLike, what: str, error: type[Exception] | None = None) -> Any:
     """Load a JSON file, turning a missing or unreadable file into a clear ``error``
-    (default :class:`~.errors.DistillError`)."""
-    from .errors import DistillError
-
-    error = error or DistillError
+    (default ValueError; the tools pass their own error type)."""
+    error = error or ValueError
     try:
         with open(path) as f:
             return json.load(f)
@@ -66,5 +83,4 @@ def read_json(path: str | os.PathLike, what: str, error: type[Exception] | None 
         raise error(f"{what} not found: {os.fspath(path)!r}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise error(f"{what} {os.fspath(path)!r} is not valid JSON ({err}); it was "
-                           "damaged: restore it or delete it and rerun the command that wrote it"
-                           ) from None
+                    "damaged: restore it or delete it and rerun the command that wrote it") from None
