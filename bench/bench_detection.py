@@ -105,7 +105,7 @@ def run(quick: bool = False) -> list[Figure]:
     from tinyvit_backbone.embedded.overlay import ensure_scenes
 
     data_root = ensure_scenes(str(ROOT / "data" / "embedded" / "scenes"))
-    iters, every = (30, 15) if quick else (300, 50)
+    iters, every = (30, 15) if quick else (200, 50)
     ours = learning_curve("det_configs/mask_rcnn_tinyvit5m_1x.py", data_root, iters, every, 3e-4)
     swin = learning_curve(SWIN_MASK_RCNN, data_root, iters, every, 3e-4)
     budget = dict(iters=iters, batch=2, image_size=128, lr=3e-4, init="random")

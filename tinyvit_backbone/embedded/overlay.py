@@ -243,6 +243,9 @@ def apply_overlay(
     cfg.randomness = dict(seed=0)
     if work_dir:
         cfg.work_dir = work_dir
+        # mmengine keeps one visualizer per (class, name) for the whole process: a second
+        # Runner in the same process (bench, demo) would otherwise log into the first's folder.
+        cfg.visualizer["name"] = f"visualizer:{os.path.abspath(work_dir)}"
     return cfg
 
 
