@@ -10,12 +10,11 @@ Figures (all images/s, higher is better):
   path: at least Swin-T's throughput (speedup >= 1.0).
 
 The models are timed round-robin (each round runs every model once), so a load change on the
-machine hits all of them alike; each figure is the median over rounds.
+machine hits all of them alike; each figure is the best round.
 """
 from __future__ import annotations
 
 import copy
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,9 @@ def _swin_t():
 
 
 def _round_robin(fns: dict, rounds: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each function, timed in interleaved rounds."""
+    """Best seconds per call of each function over interleaved rounds. The best round, not the
+    median: the wrapper and raw timm run identical kernels, and the minimum is the estimator
+    least moved by whatever else the machine does (medians drifted by +-5% between runs)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():  # warm-up: allocator, oneDNN primitives / cuDNN plans, bias caches
@@ -50,7 +51,7 @@ def _round_robin(fns: dict, rounds: int, device: torch.device) -> dict[str, floa
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: min(v) for k, v in times.items()}
 
 
 def measure(size: int | tuple[int, int], batch: int, rounds: int, archs=ARCHS) -> list[Figure]:

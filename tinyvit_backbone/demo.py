@@ -165,7 +165,7 @@ def stage_probe(out: str, student: dict, settings: DemoSettings, log) -> list[di
             records += run_suite(ModelSpec("tinyvit", arch=arch, weights=weights, label=label),
                                  dataset="digits", output=None,
                                  cache_dir=os.path.join(out, "probe", "features"),
-                                 quick=settings.probe_quick, progress=False, **kwargs)
+                                 quick=settings.probe_quick, **kwargs)
     path = os.path.join(out, "probe", "results.jsonl")
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     return records
