@@ -2,11 +2,9 @@
 precision on CPU) and how many CPU threads a fit uses."""
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from tinyvit_backbone.device import amp_dtype
+from tinyvit_backbone.device import amp_dtype, cpu_threads  # noqa: F401  (re-exported)
 from tinyvit_backbone.device import select_device as _select_device
 
 
@@ -36,20 +34,6 @@ def autocast_dtype(device: torch.device, amp: bool | None = None) -> torch.dtype
 # on one thread: the matrices are too small to split, and on a shared machine OpenMP threads
 # waiting for each other made a digits-size sweep 25x slower.
 SINGLE_THREAD_WORK = 50_000_000
-
-
-@contextlib.contextmanager
-def cpu_threads(count: int | None):
-    """Run the block with ``count`` torch intra-op threads (None: leave as is)."""
-    if count is None or count == torch.get_num_threads():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def threads_for(device, work: float) -> int | None:

@@ -18,7 +18,6 @@ machine with an NVIDIA GPU the same command uses it, with AMP and larger batches
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import glob
 import json
@@ -30,6 +29,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from .device import cpu_threads, select_device
 from .files import atomic_write_text
 
 DET_CONFIG = "det_configs/mask_rcnn_tinyvit5m_1x.py"
@@ -69,17 +69,6 @@ class DemoError(RuntimeError):
     """Something the demo needs is missing; the message says what and how to get it."""
 
 
-@contextlib.contextmanager
-def _threads(count: int | None):
-    before = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,7 +77,7 @@ def _root() -> str:
 def stage_distill(out: str, settings: DemoSettings, fresh: bool, log) -> dict:
     from .distill import DEMO_ARCH, run_pipeline
 
-    with _threads(settings.torch_threads_small):
+    with cpu_threads(settings.torch_threads_small):
         result = run_pipeline(os.path.join(out, "distill"), DEMO_ARCH, scale=settings.distill_scale,
                               fresh=fresh, log=log)
     result["student_arch"] = DEMO_ARCH
@@ -158,7 +147,7 @@ def stage_probe(out: str, student: dict, settings: DemoSettings, log) -> list[di
               ("tinyvit-demo label-trained", student["weights"]["labels"]),
               ("tinyvit-demo random init", student["weights"]["init"])]
     records = []
-    with _threads(settings.torch_threads_small):
+    with cpu_threads(settings.torch_threads_small):
         for label, weights in models:
             log(f"[demo]   probes for {label}")
             kwargs = {} if settings.probe_episodes is None else dict(n_episodes=settings.probe_episodes)
@@ -186,8 +175,6 @@ STAGES = ("distill", "detect", "segment", "probe", "tables")
 def run_demo(out: str = "results/demo", *, settings: DemoSettings | None = None,
              fresh: bool = False, stages=STAGES, log: Callable[[str], None] = print) -> dict:
     """Run the stages in order; returns (and writes to ``out/summary.json``) what they made."""
-    from .device import select_device
-
     settings = settings or DemoSettings.for_device(select_device())
     os.makedirs(out, exist_ok=True)
     summary: dict = dict(settings=asdict(settings), seconds={})

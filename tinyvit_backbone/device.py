@@ -65,3 +65,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int | None):
+    """Run the block with ``count`` torch intra-op threads (None: leave as is). Tiny tensors
+    (32-px digits, small probes) run faster on one thread than with threads waiting on each
+    other, and much faster when other processes share the cores."""
+    if count is None or count == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
