@@ -49,3 +49,16 @@ def test_time_call_runs_until_enough_samples():
     calls = []
     seconds = time_call(lambda: calls.append(1), warmup=2, repeat=3)
     assert len(calls) == 5 and seconds >= 0
+
+
+def test_paired_timing_alternates_which_side_goes_first():
+    import torch
+
+    from bench.bench_backbone import _paired
+
+    calls = []
+    a_s, b_s, quartiles = _paired(lambda: calls.append("a"), lambda: calls.append("b"), 4,
+                                  torch.device("cpu"))
+    # one warm-up call each, then pairs ab, ba, ab, ba: drift falls on both sides alike
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+    assert a_s >= 0 and b_s >= 0 and len(quartiles) == 3
