@@ -174,3 +174,55 @@ def test_writer_checkpoints_periodically(tmp_path, monkeypatch):
     writer.write(2, np.ones((2, 4), np.float32), np.arange(2))
     progress = json.loads((writer.partial / "progress.json").read_text())
     assert progress["done"] == 4 and progress["key"] == cache_key(PARTS)
+
+
+def test_prefetch_thread_keeps_order_raises_errors_and_stops_on_break():
+    import threading
+
+    from linear_probe.extract import prefetched
+
+    assert list(prefetched(iter(range(7)), depth=2)) == list(range(7))
+
+    def broken():
+        yield 1
+        raise OSError("truncated image file")
+
+    got = []
+    with pytest.raises(OSError, match="truncated"):
+        for item in prefetched(broken()):
+            got.append(item)
+    assert got == [1]
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    for item in prefetched(endless(), depth=2):
+        if item == 3:
+            break
+    assert not any(t.name == "extract-prefetch" and t.is_alive() for t in threading.enumerate())
+    assert len(produced) <= 3 + 1 + 2 + 1  # at most `depth` batches (plus one in hand) ahead
+
+
+def test_interrupted_extraction_leaves_no_prefetch_thread(folder, tmp_path, monkeypatch):
+    import threading
+
+    import linear_probe.extract as extract
+
+    real_build = extract.build_extractor
+
+    def dies(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.forward = lambda x: (_ for _ in ()).throw(KeyboardInterrupt)
+        return model
+
+    monkeypatch.setattr(extract, "build_extractor", dies)
+    with pytest.raises(KeyboardInterrupt) as info:
+        _extract(folder, tmp_path / "cache", batch_size=2)
+    assert not any(t.name == "extract-prefetch" and t.is_alive() for t in threading.enumerate())
+    del info
