@@ -40,39 +40,39 @@ def _swin_t():
     return swin
 
 
+def _seconds(fn, device: torch.device) -> float:
+    """Wall seconds of one call, with the GPU's queue drained on both sides."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def _round_robin(fns: dict, rounds: int, device: torch.device) -> dict[str, float]:
-    """Best seconds per call of each function over interleaved rounds. The best round, not the
-    median: the wrapper and raw timm run identical kernels, and the minimum is the estimator
-    least moved by whatever else the machine does (medians drifted by +-5% between runs)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    """Best seconds per call of each function over interleaved rounds: the estimator least
+    moved by whatever else the machine does (medians drifted by +-5% between runs)."""
     for fn in fns.values():  # warm-up: allocator, oneDNN primitives / cuDNN plans, bias caches
         fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(_seconds(fn, device))
     return {k: min(v) for k, v in times.items()}
 
 
 def _paired(fa, fb, pairs: int, device: torch.device) -> tuple[float, float, list[float]]:
     """Median seconds per call of ``fa`` and ``fb`` timed back to back, alternating which goes
     first, so drift and turbo changes fall on both sides of every pair; plus the quartiles of
-    the per-pair ratios a / b (the spread the report shows next to the figure)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fa(), fb()
+    the per-pair ratios a / b (the spread, kept in the figure's ``extra``)."""
+    fa()  # warm-up, as in _round_robin
+    fb()
     times: tuple[list[float], list[float]] = ([], [])
     for i in range(pairs):
-        order = (0, 1) if i % 2 == 0 else (1, 0)
-        for side in order:
-            sync()
-            start = time.perf_counter()
-            (fa, fb)[side]()
-            sync()
-            times[side].append(time.perf_counter() - start)
+        for side in ((0, 1) if i % 2 == 0 else (1, 0)):
+            times[side].append(_seconds((fa, fb)[side], device))
     ratios = [a / b for a, b in zip(*times)]
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return statistics.median(times[0]), statistics.median(times[1]), [round(q, 3) for q in quartiles]
