@@ -5,11 +5,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
+from tests.helpers import write_digit_folder, write_test_teacher
 from tinyvit_backbone.distill.__main__ import main
-from tinyvit_backbone.distill.datasets import open_dataset
-from tinyvit_backbone.distill.teacher import create_timm_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH = dict(embed_dims=[16, 32, 32, 64], depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 2],
@@ -20,13 +18,8 @@ ARCH = dict(embed_dims=[16, 32, 32, 64], depths=[1, 1, 1, 1], num_heads=[1, 1, 1
 def env(tmp_path_factory):
     """An ImageFolder of 40 digit scans, a teacher checkpoint, an arch file and a store."""
     root = tmp_path_factory.mktemp("cli")
-    ds, _ = open_dataset("digits", "train", 32)
-    for i in range(40):
-        img, label = ds[i]
-        (root / "data" / str(label)).mkdir(parents=True, exist_ok=True)
-        img.save(root / "data" / str(label) / f"{i:03d}.png")
-    torch.manual_seed(0)
-    torch.save(create_timm_model("test_resnet", 10).state_dict(), root / "t.pth")
+    write_digit_folder(root / "data", 40)
+    write_test_teacher(root / "t.pth")
     (root / "arch.json").write_text(json.dumps(ARCH))
     common = ["--teacher", "test_resnet", "--teacher-checkpoint", str(root / "t.pth"),
               "--data", str(root / "data"), "--aug-preset", "digits", "--no-progress"]

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import write_digit_folder, write_test_teacher
 from tinyvit_backbone.distill.__main__ import main
 from tinyvit_backbone.distill.datasets import open_dataset
 from tinyvit_backbone.distill.save_logits import SaveSettings, save_logits
 from tinyvit_backbone.distill.store import LogitStore
-from tinyvit_backbone.distill.teacher import create_timm_model, load_teacher
+from tinyvit_backbone.distill.teacher import load_teacher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--epochs", "2", "--topk", "4", "--batch-size", "2", "--seed", "3", "--aug-preset",
@@ -24,20 +25,11 @@ NUM_IMAGES = 300
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """An ImageFolder tree of real digit scans (the CLI's other data source)."""
-    root = tmp_path_factory.mktemp("folder")
-    ds, _ = open_dataset("digits", "train", 32)
-    for i in range(NUM_IMAGES):
-        img, label = ds[i]
-        (root / str(label)).mkdir(exist_ok=True)
-        img.save(root / str(label) / f"{i:04d}.png")
-    return str(root)
+    return str(write_digit_folder(tmp_path_factory.mktemp("folder"), NUM_IMAGES))
 
 
 def _teacher(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "teacher.pth"
-    torch.save(create_timm_model("test_resnet", 10).state_dict(), path)
-    return str(path)
+    return str(write_test_teacher(tmp_path / "teacher.pth"))
 
 
 def _reference(tmp_path, ckpt, folder):

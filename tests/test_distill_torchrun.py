@@ -6,11 +6,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
+from tests.helpers import write_digit_folder, write_test_teacher
 from tinyvit_backbone.distill.__main__ import main
-from tinyvit_backbone.distill.datasets import open_dataset
-from tinyvit_backbone.distill.teacher import create_timm_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH = dict(embed_dims=[16, 32, 32, 64], depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 2],
@@ -29,13 +27,8 @@ def torchrun(*args, timeout=240):
 
 @pytest.mark.slow
 def test_two_process_store_equals_one_process_store_and_ddp_trains(tmp_path):
-    ds, _ = open_dataset("digits", "train", 32)
-    for i in range(120):
-        img, label = ds[i]
-        (tmp_path / "data" / str(label)).mkdir(parents=True, exist_ok=True)
-        img.save(tmp_path / "data" / str(label) / f"{i:03d}.png")
-    torch.manual_seed(0)
-    torch.save(create_timm_model("test_resnet", 10).state_dict(), tmp_path / "t.pth")
+    write_digit_folder(tmp_path / "data", 120)
+    write_test_teacher(tmp_path / "t.pth")
     (tmp_path / "arch.json").write_text(json.dumps(ARCH))
     args = ["save-logits", "--teacher", "test_resnet", "--teacher-checkpoint", tmp_path / "t.pth",
             "--data", tmp_path / "data", "--aug-preset", "digits", "--epochs", "2", "--topk", "3",
