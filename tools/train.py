@@ -76,12 +76,12 @@ def setup_cpu_distributed(cfg) -> None:
     gets ``device_ids=None``, as CPU modules require.
     """
     import torch
-    import torch.distributed as dist
+
+    from tinyvit_backbone.distributed import init_distributed
 
     if cfg.launcher != "pytorch" or torch.cuda.is_available():
         return
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+    init_distributed(torch.device("cpu"))
     wrapper = dict(type="MMDistributedDataParallel", broadcast_buffers=False,
                    find_unused_parameters=cfg.get("find_unused_parameters", False))
     wrapper.update(cfg.get("model_wrapper_cfg") or {})
