@@ -35,10 +35,12 @@ def dist_env_from_environ() -> DistEnv:
                    int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def init_distributed(device: torch.device) -> DistEnv:
-    """Join torchrun's process group (NCCL for CUDA, gloo for CPU) when ``WORLD_SIZE`` > 1."""
+def init_distributed(device: torch.device, always: bool = False) -> DistEnv:
+    """Join torchrun's process group (NCCL for CUDA, gloo for CPU) when ``WORLD_SIZE`` > 1,
+    or with ``always`` even for one process (a launcher that expects a group, e.g. mmengine's
+    ``pytorch`` launcher)."""
     env = dist_env_from_environ()
-    if env.distributed and not dist.is_initialized():
+    if (env.distributed or always) and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

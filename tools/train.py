@@ -81,7 +81,7 @@ def setup_cpu_distributed(cfg) -> None:
 
     if cfg.launcher != "pytorch" or torch.cuda.is_available():
         return
-    init_distributed(torch.device("cpu"))
+    init_distributed(torch.device("cpu"), always=True)
     wrapper = dict(type="MMDistributedDataParallel", broadcast_buffers=False,
                    find_unused_parameters=cfg.get("find_unused_parameters", False))
     wrapper.update(cfg.get("model_wrapper_cfg") or {})
