@@ -1,22 +1,31 @@
 """TinyViT for OpenMMLab detection and segmentation, built on timm's TinyVit.
 
-Importing this package registers the ``TinyViT`` backbone in mmdet's and mmseg's ``MODELS`` and
-``TinyViTLayerDecayOptimizerConstructor`` in their optimizer-constructor registries, and lets
-``torch.load(weights_only=True)`` read mmengine's own checkpoints (so ``resume`` works on
-torch >= 2.6). Configs pull it in with::
+Importing this package registers ``TinyViT`` and ``TinyViTLayerDecayOptimizerConstructor`` in
+mmengine's root registries, which mmdet's and mmseg's registries fall back to (see
+:mod:`.registration`). Configs pull it in with::
 
     custom_imports = dict(imports=['tinyvit_backbone'], allow_failed_imports=False)
+
+The import is light: nothing of torch, timm, mmdet or mmseg is loaded until a model is built or
+one of the names below is used (they resolve on first access).
 """
-from .safe_load import register_mmengine_safe_globals
+from importlib import import_module
 
-register_mmengine_safe_globals()
-
-from .backbone import ARCH_SETTINGS, TinyViT, build_timm_tinyvit, resolve_arch  # noqa: E402
-from .checkpoint import CheckpointError, backbone_state_dict  # noqa: E402
-from .layer_decay import TinyViTLayerDecayOptimizerConstructor  # noqa: E402
-from .registration import register_all  # noqa: E402
+from .registration import register_all
 
 register_all()
 
-__all__ = ["ARCH_SETTINGS", "CheckpointError", "TinyViT", "TinyViTLayerDecayOptimizerConstructor",
-           "backbone_state_dict", "build_timm_tinyvit", "resolve_arch"]
+_EXPORTS = {
+    "ARCH_SETTINGS": "backbone", "TinyViT": "backbone", "build_timm_tinyvit": "backbone",
+    "resolve_arch": "backbone", "CheckpointError": "checkpoint",
+    "backbone_state_dict": "checkpoint", "TinyViTLayerDecayOptimizerConstructor": "layer_decay",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
