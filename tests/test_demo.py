@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinyvit_backbone.demo import DemoError, DemoSettings, run_demo
+from reproduction.demo import DemoError, DemoSettings, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -35,14 +35,15 @@ def test_device_selection_is_used_without_flags(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert device.select_device().type == "cuda"
     import demo as demo_cli
-    monkeypatch.setattr("tinyvit_backbone.demo.run_demo", fake_run)
+    monkeypatch.setattr("reproduction.demo.run_demo", fake_run)
     assert demo_cli.main(["--out", str(tmp_path)]) == 0
     assert seen["settings"].amp and seen["settings"].batch_size == 8
 
 
 def test_a_stage_without_its_inputs_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(DemoError, match="needs the distilled student"):
-        run_demo(str(tmp_path), settings=DemoSettings().reduced(), stages=["detect"], log=lambda m: None)
+        run_demo(str(tmp_path), config_root=str(ROOT), settings=DemoSettings().reduced(),
+                 stages=["detect"], log=lambda m: None)
     import demo as demo_cli
     assert demo_cli.main(["--out", str(tmp_path), "--stages", "probe"]) == 2
     assert "needs the students" in capsys.readouterr().err
@@ -54,7 +55,7 @@ def test_a_stage_without_its_inputs_is_a_clear_error(tmp_path, capsys):
 def test_reduced_demo_runs_every_stage_and_reuses_on_rerun(tmp_path):
     out = str(tmp_path / "demo")
     lines = []
-    summary = run_demo(out, settings=DemoSettings().reduced(), log=lines.append)
+    summary = run_demo(out, config_root=str(ROOT), settings=DemoSettings().reduced(), log=lines.append)
     assert set(summary["seconds"]) == {"distill", "detect", "segment", "probe", "tables"}
     assert "coco/bbox_mAP" in summary["detect"] and "mIoU" in summary["segment"]
     assert len(summary["probe"]) == 3
@@ -66,7 +67,7 @@ def test_reduced_demo_runs_every_stage_and_reuses_on_rerun(tmp_path):
     assert {r["task"] for r in records} == {"linear_probe", "kshot", "episodes"}
 
     lines.clear()
-    again = run_demo(out, settings=DemoSettings().reduced(), log=lines.append)
+    again = run_demo(out, config_root=str(ROOT), settings=DemoSettings().reduced(), log=lines.append)
     for name in ("mask_rcnn_tinyvit_demo", "upernet_tinyvit_demo"):
         assert any(f"{name}: finished run found" in line for line in lines), name
     assert again["detect"] == summary["detect"]

@@ -109,20 +109,20 @@ def test_search_space_rejects_bad_settings():
 
 # ---------------------------------------------------------------------------- measure
 def test_counter_reproduces_official_sizes():
-    """mmengine's counters on timm's classifier (1000 classes, 224px) against the paper's
-    5.4M / 11M / 21M parameters and 1.3 / 2.0 / 4.3 GMACs."""
-    published = {"5m": (5.4e6, 1.3e9), "11m": (11e6, 2.0e9), "21m": (21e6, 4.3e9)}
-    for name, (params, macs) in published.items():
+    """The project's counter on timm's classifier (1000 classes, 224px) against the paper's
+    5.4M / 11M / 21M parameters and 1.3 / 2.0 / 4.3 GMACs (printed to one decimal)."""
+    published = {"5m": (5.4e6, 1.3), "11m": (11e6, 2.0), "21m": (21e6, 4.3)}
+    for name, (params, gmacs) in published.items():
         arch = canonical(name)
         p = count_params(arch)
         assert p == sum(t.numel() for t in build_timm_tinyvit(arch, 1000).parameters())
         assert abs(p / params - 1) < 0.02, (name, p)
-        assert abs(count_macs(arch) / macs - 1) < 0.03, name
+        assert round(count_macs(arch) / 1e9, 1) == gmacs, name
 
 
 def test_mac_count_includes_attention():
     """A 14x14 window at stage 2 attends over 196 tokens instead of 49: the same weights, more
-    MACs. Counted only if the attention matmuls are traced (fused SDPA is not counted)."""
+    MACs: the fused attention kernel is counted too."""
     seven = canonical(dict(SMALL, window_sizes=[7, 7, 7, 7]))
     fourteen = canonical(dict(SMALL, window_sizes=[7, 7, 14, 7]))
     assert count_macs(fourteen) > count_macs(seven) * 1.01

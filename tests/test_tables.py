@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from tinyvit_backbone.reporting import make_tables
+from reproduction.make import make_tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures", "tables")
@@ -171,7 +171,7 @@ def test_other_backbones_are_counted_through_the_registry(tmp_path):
     """A Swin-T baseline run: its backbone is built by mmdet's registry (27.5M params)."""
     import shutil
 
-    from tinyvit_backbone.reporting.runs import read_run
+    from reproduction.runs import read_run
     name = "cascade-mask-rcnn_tinyvit-21m_fpn_1x_coco"
     wd = tmp_path / "swin"
     shutil.copytree(os.path.join(FIX, "work_dirs", name), wd)

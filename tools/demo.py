@@ -1,4 +1,4 @@
-"""`make demo`: the paper's pipeline in miniature on the embedded data (see tinyvit_backbone.demo).
+"""`make demo`: the paper's pipeline in miniature on the embedded data (see reproduction.demo).
 
     python tools/demo.py [--out results/demo] [--fresh] [--stages distill detect ...]
 
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         from tinyvit_backbone.checkpoint import CheckpointError
-        from tinyvit_backbone.demo import STAGES, DemoError, DemoSettings, format_summary, run_demo
+        from reproduction.demo import STAGES, DemoError, DemoSettings, format_summary, run_demo
         from tinyvit_backbone.device import select_device
         from tinyvit_backbone.distill import DistillError
     except ImportError as err:
@@ -44,7 +44,9 @@ def main(argv=None) -> int:
         settings = settings.reduced()
     start = time.perf_counter()
     try:
-        summary = run_demo(args.out, settings=settings, fresh=args.fresh, stages=stages)
+        summary = run_demo(args.out, config_root=ROOT, settings=settings, fresh=args.fresh,
+                           stages=stages,
+                           bench_report=os.path.join(ROOT, "results", "bench", "report.json"))
     except (DemoError, DistillError, CheckpointError, FileNotFoundError) as err:
         print(f"demo: {err}", file=sys.stderr)
         return 2

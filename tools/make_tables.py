@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from tinyvit_backbone.reporting import make_tables
+    from reproduction.make import make_tables
     try:
         summary = make_tables(args.work_dirs, args.results, args.bench, args.out,
                               plots=not args.no_plots)

@@ -6,8 +6,8 @@ by a constrained local search over embedding dims, depths and window sizes.
                     cost=CostModel(throughput_fn=DeviceThroughput(batch_size=64)),
                     proxy=TrainingProxy(steps=100))
 
-Modules: ``space`` (architectures and contraction steps), ``measure`` (params / MACs with
-mmengine's counters, measured throughput), ``proxy`` (short training on the embedded digits, a
+Modules: ``space`` (architectures and contraction steps), ``measure`` (params / MACs from
+:mod:`tinyvit_backbone.complexity`, measured throughput), ``proxy`` (short training on the embedded digits, a
 zero-cost score), ``search`` (the rounds), ``report`` (architecture JSON, CSV / Markdown tables).
 The CLI is ``python -m tinyvit_backbone.scaling {measure,search,report}``.
 """

@@ -22,6 +22,7 @@ import sys
 import torch
 
 from ..device import select_device
+from ..complexity import METHOD as COMPLEXITY_METHOD
 from .measure import CostModel, DeviceThroughput, count_macs, count_params
 from .proxy import SnipProxy, TrainingProxy
 from .report import load_result, write_outputs, write_tables
@@ -94,7 +95,7 @@ def cmd_measure(args) -> dict:
                      row["macs"] / 1e9, f", {row['throughput_img_s']:.1f} img/s"
                      if thr is not None else "")
     return dict(resolution=args.resolution, num_classes=args.num_classes,
-                counter="mmengine.analysis (parameter_count, FlopAnalyzer; 1 MAC = 1)",
+                counter=COMPLEXITY_METHOD,
                 throughput=None if thr is None else thr.settings(), results=rows)
 
 

@@ -1,10 +1,5 @@
-"""Cost figures of an architecture: parameters and MACs from mmengine's counters, throughput
-measured on a device.
-
-Counts are of timm's ``TinyVit`` classifier with a ``num_classes`` head (1000 by default, as in
-the paper's tables). MACs follow fvcore's convention (one fused multiply-add = 1), for one image
-at ``resolution`` x ``resolution``.
-"""
+"""Cost figures of an architecture: parameters and MACs from the project's one counter
+(:mod:`tinyvit_backbone.complexity`), throughput measured on a device."""
 from __future__ import annotations
 
 import statistics
@@ -15,38 +10,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..backbone import build_timm_tinyvit
+from ..complexity import count_macs, count_params
 from ..device import select_device
 
 ThroughputFn = Callable[[dict], float]
 """``arch -> images per second``; the search takes any such callable (tests pass a stub)."""
-
-
-def count_params(arch: dict, num_classes: int = 1000) -> int:
-    """Parameters of the classifier, counted by ``mmengine.analysis.parameter_count``. The model
-    is built on the meta device: shapes only, no memory, no initialisation cost."""
-    from mmengine.analysis import parameter_count
-
-    with torch.device("meta"):
-        model = build_timm_tinyvit(arch, num_classes=num_classes)
-    return int(parameter_count(model)[""])
-
-
-def count_macs(arch: dict, resolution: int = 224, num_classes: int = 1000) -> int:
-    """MACs of one forward pass at ``resolution``, counted by ``mmengine.analysis.FlopAnalyzer``
-    (which traces the model with ``torch.jit``)."""
-    from mmengine.analysis import FlopAnalyzer
-
-    model = build_timm_tinyvit(arch, num_classes=num_classes).eval()
-    # The counter has no handle for scaled_dot_product_attention and would skip it; timm's
-    # unfused path does the same attention as two matmuls, which it does count.
-    for module in model.modules():
-        if hasattr(module, "fused_attn"):
-            module.fused_attn = False
-    analyzer = FlopAnalyzer(model, (torch.zeros(1, 3, resolution, resolution),))
-    analyzer.unsupported_ops_warnings(False)
-    analyzer.uncalled_modules_warnings(False)
-    with torch.no_grad():
-        return int(analyzer.total())
 
 
 @dataclass

@@ -10,16 +10,18 @@ Stages (each reuses its finished outputs on a rerun unless ``fresh``):
 3. segment  — UperNet with the same backbone (mmseg, mIoU);
 4. probe    — linear probe, k-shot probes and 5-way episodes on the digits for the distilled,
    the label-trained and a randomly initialised student (:mod:`linear_probe`);
-5. tables   — the results tables and plots (:mod:`tinyvit_backbone.reporting`).
+5. tables   — the results tables and plots (:mod:`reproduction.make`), the paper's Table 5 and
+   Table 6 layouts included, so the published rows show what a full run fills in.
 
 Everything lands in one folder (default ``results/demo``); a short summary ends the run. On a
 machine with an NVIDIA GPU the same command uses it, with AMP and larger batches
-(:meth:`DemoSettings.for_device`).
+(:meth:`DemoSettings.for_device`). The detector and segmenter configs are read from
+``config_root`` (the folder holding ``det_configs/`` and ``seg_configs/``; ``tools/demo.py``
+passes its checkout), so nothing here depends on where the package is installed.
 """
 from __future__ import annotations
 
 import copy
-import glob
 import json
 import os
 import shutil
@@ -29,8 +31,10 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from .device import cpu_threads, select_device
-from .files import atomic_write_text
+from tinyvit_backbone.device import cpu_threads, select_device
+from tinyvit_backbone.files import atomic_write_text
+
+from .runs import read_run
 
 DET_CONFIG = "det_configs/mask_rcnn_tinyvit5m_1x.py"
 SEG_CONFIG = "seg_configs/upernet_tinyvit5m_8xb2_160k_ade20k_512x512.py"
@@ -69,13 +73,9 @@ class DemoError(RuntimeError):
     """Something the demo needs is missing; the message says what and how to get it."""
 
 
-def _root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 # ----------------------------------------------------------------------------- stages
 def stage_distill(out: str, settings: DemoSettings, fresh: bool, log) -> dict:
-    from .distill import DEMO_ARCH, run_pipeline
+    from tinyvit_backbone.distill import DEMO_ARCH, run_pipeline
 
     with cpu_threads(settings.torch_threads_small):
         result = run_pipeline(os.path.join(out, "distill"), DEMO_ARCH, scale=settings.distill_scale,
@@ -84,28 +84,23 @@ def stage_distill(out: str, settings: DemoSettings, fresh: bool, log) -> dict:
     return result
 
 
-def _finished(work_dir: str, iters: int, metric: str) -> bool:
-    last = os.path.join(work_dir, "last_checkpoint")
-    if not os.path.isfile(last) or not open(last).read().strip().endswith(f"iter_{iters}.pth"):
-        return False
-    scalars = glob.glob(os.path.join(work_dir, "*", "vis_data", "scalars.json"))
-    return any(metric in line for path in scalars for line in open(path))
-
-
-def _metrics(work_dir: str, metric: str) -> dict:
-    lines = [json.loads(line) for path in sorted(glob.glob(os.path.join(work_dir, "*", "vis_data",
-                                                                          "scalars.json")))
-             for line in open(path) if metric in line]
-    return lines[-1] if lines else {}
+def _finished_run(work_dir: str, iters: int, metric: str) -> dict | None:
+    """The final metrics of a complete run of ``iters`` iterations in ``work_dir``, else None."""
+    if not os.path.isdir(work_dir):
+        return None
+    run = read_run(work_dir)
+    if run.status != "complete" or run.config is None or run.config.max_progress != iters:
+        return None
+    return run.metrics if metric in run.metrics else None
 
 
 def stage_dense(task: str, out: str, student: dict, settings: DemoSettings, fresh: bool,
-                log) -> dict:
+                log, config_root: str) -> dict:
     """Train and evaluate the detector ('det') or segmenter ('seg') on the embedded scenes."""
     from mmengine.config import Config
     from mmengine.runner import Runner
 
-    from .embedded.overlay import apply_overlay, ensure_scenes
+    from tinyvit_backbone.embedded.overlay import apply_overlay, ensure_scenes
 
     config, iters, metric = ((DET_CONFIG, settings.det_iters, "coco/bbox_mAP") if task == "det"
                              else (SEG_CONFIG, settings.seg_iters, "mIoU"))
@@ -113,12 +108,13 @@ def stage_dense(task: str, out: str, student: dict, settings: DemoSettings, fres
     work_dir = os.path.join(out, "work_dirs", name)
     if fresh and os.path.isdir(work_dir):
         shutil.rmtree(work_dir)
-    if not fresh and _finished(work_dir, iters, metric):
+    done = None if fresh else _finished_run(work_dir, iters, metric)
+    if done is not None:
         log(f"[demo]   {name}: finished run found in {work_dir}, reused")
-        return _metrics(work_dir, metric)
+        return done
     scenes = ensure_scenes(os.path.join(out, "data", "scenes"))
     arch = dict(copy.deepcopy(student["student_arch"]), window_sizes=SCENE_WINDOWS)
-    cfg = apply_overlay(Config.fromfile(os.path.join(_root(), config)), scenes, iters=iters,
+    cfg = apply_overlay(Config.fromfile(_config_path(config_root, config)), scenes, iters=iters,
                         image_size=settings.image_size, batch_size=settings.batch_size,
                         lr=settings.lr, arch=arch, backbone_checkpoint=student["weights"]["store"],
                         work_dir=work_dir)
@@ -136,7 +132,19 @@ def stage_dense(task: str, out: str, student: dict, settings: DemoSettings, fres
     for handler in runner.logger.handlers:
         handler.setLevel("INFO")
     runner.train()
-    return _metrics(work_dir, metric)
+    metrics = _finished_run(work_dir, iters, metric)
+    if metrics is None:
+        raise DemoError(f"{name}: training ended but {work_dir} holds no final evaluation; "
+                        f"rerun the demo to evaluate it ({read_run(work_dir).reason})")
+    return metrics
+
+
+def _config_path(config_root: str, config: str) -> str:
+    path = os.path.join(config_root, config)
+    if not os.path.isfile(path):
+        raise DemoError(f"config {config} not found under {config_root!r}: pass the folder that "
+                        "holds det_configs/ and seg_configs/ (a checkout of the project)")
+    return path
 
 
 def stage_probe(out: str, student: dict, settings: DemoSettings, log) -> list[dict]:
@@ -160,21 +168,24 @@ def stage_probe(out: str, student: dict, settings: DemoSettings, log) -> list[di
     return records
 
 
-def stage_tables(out: str, log) -> dict:
-    from .reporting import make_tables
+def stage_tables(out: str, log, bench_report: str | None = None) -> dict:
+    from .make import make_tables
 
-    bench = os.path.join(_root(), "results", "bench", "report.json")
+    bench = bench_report if bench_report and os.path.isfile(bench_report) else None
     return make_tables([os.path.join(out, "work_dirs")], [os.path.join(out, "probe", "results.jsonl")],
-                       bench if os.path.isfile(bench) else None, os.path.join(out, "tables"))
+                       bench, os.path.join(out, "tables"))
 
 
 # ----------------------------------------------------------------------------- the run
 STAGES = ("distill", "detect", "segment", "probe", "tables")
 
 
-def run_demo(out: str = "results/demo", *, settings: DemoSettings | None = None,
-             fresh: bool = False, stages=STAGES, log: Callable[[str], None] = print) -> dict:
-    """Run the stages in order; returns (and writes to ``out/summary.json``) what they made."""
+def run_demo(out: str = "results/demo", *, config_root: str, settings: DemoSettings | None = None,
+             fresh: bool = False, stages=STAGES, bench_report: str | None = None,
+             log: Callable[[str], None] = print) -> dict:
+    """Run the stages in order; returns (and writes to ``out/summary.json``) what they made.
+    ``config_root`` holds det_configs/ and seg_configs/; ``bench_report`` (optional) is a
+    ``make bench`` report.json for the models table."""
     settings = settings or DemoSettings.for_device(select_device())
     os.makedirs(out, exist_ok=True)
     summary: dict = dict(settings=asdict(settings), seconds={})
@@ -189,7 +200,7 @@ def run_demo(out: str = "results/demo", *, settings: DemoSettings | None = None,
             if student is None:
                 raise DemoError(f"stage {stage} needs the distilled student: run the distill stage")
             summary[stage] = stage_dense("det" if stage == "detect" else "seg", out, student,
-                                         settings, fresh, log)
+                                         settings, fresh, log, config_root)
         elif stage == "probe":
             if student is None:
                 raise DemoError("stage probe needs the students: run the distill stage")
@@ -197,7 +208,7 @@ def run_demo(out: str = "results/demo", *, settings: DemoSettings | None = None,
             summary["probe"] = {r["model"]: round(r["metrics"]["top1"], 2) for r in records
                                 if r["task"] == "linear_probe"}
         elif stage == "tables":
-            tables = stage_tables(out, log)
+            tables = stage_tables(out, log, bench_report)
             summary["tables"] = dict(folder=os.path.join(out, "tables"), rows=tables["tables"],
                                      missing=len(tables.get("missing", [])))
         else:

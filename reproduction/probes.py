@@ -66,7 +66,7 @@ def dataset_order(name: str) -> tuple[int, str]:
 
 def arch_key(arch) -> str | None:
     """'21m' for "21m", "tinyvit-21m", "tiny_vit_21m_224", or the 21M dict; None otherwise."""
-    from ..backbone import ARCH_SETTINGS
+    from tinyvit_backbone.backbone import ARCH_SETTINGS
     if isinstance(arch, dict):
         for key, spec in ARCH_SETTINGS.items():
             if (list(arch.get("embed_dims", [])) == spec["embed_dims"]

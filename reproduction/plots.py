@@ -11,7 +11,7 @@ import re
 
 from . import published as pub
 from .bench_report import BenchReport
-from .complexity import classifier_complexity
+from tinyvit_backbone.complexity import classifier_complexity
 from .probes import ProbeResults, dataset_order, kshot_stats
 
 FIGSIZE = (6.4, 4.2)

@@ -19,13 +19,12 @@ import json
 import os
 from dataclasses import dataclass
 
-from ..files import atomic_write_bytes, atomic_write_text
+from tinyvit_backbone.files import atomic_write_bytes, atomic_write_text
 from . import tables as build
 from .bench_report import BenchReport, read_bench_report
 from .probes import ProbeResults, read_results
-from .render import tex_escape, to_csv, to_latex, to_markdown
 from .runs import Run, find_work_dirs, read_run
-from .table import Table
+from tinyvit_backbone.tabular import Table, tex_escape, to_csv, to_latex, to_markdown
 
 PLOT_PREFIXES = ("fewshot_", "accuracy_vs_")
 NOTE_TITLES = (("missing", "Missing"), ("in_progress", "In progress"),
@@ -40,20 +39,6 @@ class Report:
     results: ProbeResults
     bench: BenchReport
     inputs: dict[str, list[str]]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str, data: bytes | str) -> None:
-    """Text or bytes, through the project's atomic writer."""
-    if isinstance(data, str):
-        atomic_write_text(path, data)
-    else:
-        atomic_write_bytes(path, data)
 
 
 def build_report(work_dirs: list[str], result_files: list[str],
@@ -163,7 +148,9 @@ def make_tables(work_dirs: list[str], result_files: list[str], bench_report: str
     files["summary.json"] = json.dumps(summary, indent=2, sort_keys=True,
                                        ensure_ascii=False) + "\n"
     for rel in sorted(files):
-        atomic_write(os.path.join(out_dir, rel), files[rel])
+        data = files[rel]
+        (atomic_write_text if isinstance(data, str) else atomic_write_bytes)(
+            os.path.join(out_dir, rel), data)
     _remove_stale_plots(os.path.join(out_dir, "plots"), set(pngs))
     return summary
 

@@ -320,13 +320,29 @@ def judge(work_dir: str, cfg: RunConfig, launches: list[Launch]) -> tuple[dict, 
     return after[-1][1], f"final val, {cfg.loop} {cfg.max_progress}"
 
 
+def launch_names(work_dir: str) -> list[str]:
+    """The ``<YYYYmmdd_HHMMSS>`` launch folders of a work dir, oldest first."""
+    return sorted(d for d in os.listdir(work_dir)
+                  if TIMESTAMP.match(d) and os.path.isdir(os.path.join(work_dir, d)))
+
+
+def eval_lines(work_dir: str, metric: str | None = None) -> list[dict]:
+    """Every evaluation line of every launch, oldest first (only those holding ``metric`` when
+    given); training lines and timing-only lines are left out. Raises :class:`RunError` for a
+    line that is not JSON."""
+    if not os.path.isdir(work_dir):
+        return []
+    lines = [obj for ts in launch_names(work_dir)
+             for kind, obj, _ in read_launch(work_dir, ts).entries if kind == "eval"]
+    return [obj for obj in lines if metric is None or metric in obj]
+
+
 def read_run(work_dir: str) -> Run:
     """Never raises for a bad run: the status and reason say what is wrong."""
     name = os.path.basename(os.path.normpath(work_dir))
     cfg = None
     try:
-        launches_names = sorted(d for d in os.listdir(work_dir)
-                                if TIMESTAMP.match(d) and os.path.isdir(os.path.join(work_dir, d)))
+        launches_names = launch_names(work_dir)
         cfg_path = find_config(work_dir, launches_names)
         try:
             cfg = describe_config(load_config(cfg_path))

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from . import published as pub
 from .bench_report import PATHS, BenchReport, machine_text
-from .complexity import METHOD as COMPLEXITY_METHOD
-from .complexity import classifier_complexity
+from tinyvit_backbone.complexity import METHOD as COMPLEXITY_METHOD
+from tinyvit_backbone.complexity import classifier_complexity
 from .probes import (
     METRIC_SHORT,
     PRETRAINING_TEXT,
@@ -26,7 +26,7 @@ from .probes import (
     pretraining_of,
 )
 from .runs import Run
-from .table import Cell, Column, Table, num, text
+from tinyvit_backbone.tabular import Cell, Column, Table, num, text
 
 STATUS_ROW = {"complete": "ours", "in progress": "in progress", "malformed": "malformed",
               "failed": "failed"}

@@ -135,7 +135,7 @@ def describe_model(model: dict) -> str | None:
 
 
 def _tinyvit_name(backbone: dict) -> str:
-    from ..backbone import ARCH_SETTINGS, resolve_arch
+    from tinyvit_backbone.backbone import ARCH_SETTINGS, resolve_arch
     try:
         spec = resolve_arch(backbone.get("arch", "21m"))
     except ValueError:
@@ -171,7 +171,7 @@ def _count_backbone_params(frozen_cfg: str, scope: str) -> int:
     cfg.pop("init_cfg", None)
     cfg.pop("pretrained", None)
     if _bare_type(cfg) == "TinyViT":
-        from ..backbone import TinyViT
+        from tinyvit_backbone.backbone import TinyViT
         cfg.pop("type")
         with torch.device("meta"):
             module = TinyViT(**cfg)
