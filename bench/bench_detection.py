@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import resource
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import Figure  # noqa: E402
 from bench.common import main as bench_main  # noqa: E402
+from reproduction.runs import eval_lines  # noqa: E402
 
 SWIN_MASK_RCNN = "det_configs/mask_rcnn_swin-t_1x.py"
 
@@ -53,9 +53,7 @@ def learning_curve(config: str, data_root: str, iters: int, every: int, lr: floa
         wall, cpu = time.perf_counter(), time.process_time()
         runner.train()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        lines = [json.loads(line) for path in glob.glob(f"{work_dir}/*/vis_data/scalars.json")
-                 for line in open(path)]
-    evals = [line for line in lines if "coco/bbox_mAP" in line]
+        evals = eval_lines(work_dir, "coco/bbox_mAP")
     curve = [(every * (i + 1), line["coco/bbox_mAP"]) for i, line in enumerate(evals)]
     return dict(curve=curve, final=curve[-1][1], wall_s=wall, cpu_s=cpu)
 

@@ -20,11 +20,12 @@ import os
 from dataclasses import dataclass
 
 from tinyvit_backbone.files import atomic_write_bytes, atomic_write_text
+from tinyvit_backbone.tabular import Table, tex_escape, to_csv, to_latex, to_markdown
+
 from . import tables as build
 from .bench_report import BenchReport, read_bench_report
 from .probes import ProbeResults, read_results
 from .runs import Run, find_work_dirs, read_run
-from tinyvit_backbone.tabular import Table, tex_escape, to_csv, to_latex, to_markdown
 
 PLOT_PREFIXES = ("fewshot_", "accuracy_vs_")
 NOTE_TITLES = (("missing", "Missing"), ("in_progress", "In progress"),

@@ -9,9 +9,10 @@ from __future__ import annotations
 import io
 import re
 
+from tinyvit_backbone.complexity import classifier_complexity
+
 from . import published as pub
 from .bench_report import BenchReport
-from tinyvit_backbone.complexity import classifier_complexity
 from .probes import ProbeResults, dataset_order, kshot_stats
 
 FIGSIZE = (6.4, 4.2)

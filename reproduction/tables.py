@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from . import published as pub
-from .bench_report import PATHS, BenchReport, machine_text
 from tinyvit_backbone.complexity import METHOD as COMPLEXITY_METHOD
 from tinyvit_backbone.complexity import classifier_complexity
+from tinyvit_backbone.tabular import Cell, Column, Table, num, text
+
+from . import published as pub
+from .bench_report import PATHS, BenchReport, machine_text
 from .probes import (
     METRIC_SHORT,
     PRETRAINING_TEXT,
@@ -26,7 +28,6 @@ from .probes import (
     pretraining_of,
 )
 from .runs import Run
-from tinyvit_backbone.tabular import Cell, Column, Table, num, text
 
 STATUS_ROW = {"complete": "ours", "in progress": "in progress", "malformed": "malformed",
               "failed": "failed"}

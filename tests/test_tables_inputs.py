@@ -12,10 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from tinyvit_backbone import tabular as render
 from reproduction.bench_report import read_bench_report
-from tinyvit_backbone.complexity import classifier_complexity
-from tinyvit_backbone.files import atomic_write_text as atomic_write
 from reproduction.probes import (
     arch_key,
     canonical_dataset,
@@ -25,6 +22,9 @@ from reproduction.probes import (
     read_results,
 )
 from reproduction.runs import find_work_dirs, read_run
+from tinyvit_backbone import tabular as render
+from tinyvit_backbone.complexity import classifier_complexity
+from tinyvit_backbone.files import atomic_write_text as atomic_write
 from tinyvit_backbone.tabular import Cell, Column, Table
 
 COCO_VALUES = dict(bbox_mAP=0.412, bbox_mAP_50=0.634, bbox_mAP_75=0.448, bbox_mAP_s=-1.0,
@@ -332,8 +332,8 @@ def test_counted_complexity_is_close_to_the_paper():
 
 
 def test_coco_minus_one_is_na_and_percent_elsewhere(real_runs):
-    from tinyvit_backbone.tabular import to_markdown
     from reproduction.tables import Notes, coco_table
+    from tinyvit_backbone.tabular import to_markdown
     notes = Notes()
     md = to_markdown(coco_table([read_run(str(real_runs / "epoch"))], notes))
     assert "| 41.2 | 63.4 | 44.8 | n/a | 45.0 | 57.0 | — | epoch (final val, epoch 2) |" in md

@@ -66,6 +66,15 @@ class Table:
         self.rows.append(cells)
 
 
+def simple_table(header, rows, slug: str = "table", title: str = "") -> Table:
+    """A table of text cells from plain rows (None = missing): for listings such as search
+    candidates, where every value is already formatted."""
+    table = Table(slug, title, [Column(str(h)) for h in header])
+    for row in rows:
+        table.add_row([Cell() if v is None else Cell(text=str(v)) for v in row])
+    return table
+
+
 def text(value: str | None) -> Cell:
     return Cell(text=value) if value not in (None, "") else Cell()
 
@@ -96,8 +105,9 @@ def _md_escape(s: str) -> str:
 
 
 def to_markdown(table: Table, heading_level: int = 3) -> str:
-    """A heading, a pipe table (numbers right-aligned) and the footnotes as a bullet list."""
-    lines = [f"{'#' * heading_level} {table.title}", ""]
+    """A heading (none for ``heading_level`` 0), a pipe table (numbers right-aligned) and the
+    footnotes as a bullet list."""
+    lines = [f"{'#' * heading_level} {table.title}", ""] if heading_level else []
     lines.append("| " + " | ".join(_md_escape(c.name) for c in table.columns) + " |")
     lines.append("|" + "|".join("---:" if c.numeric else ":---" for c in table.columns) + "|")
     for row in table.rows:

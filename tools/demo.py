@@ -27,8 +27,8 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        from tinyvit_backbone.checkpoint import CheckpointError
         from reproduction.demo import STAGES, DemoError, DemoSettings, format_summary, run_demo
+        from tinyvit_backbone.checkpoint import CheckpointError
         from tinyvit_backbone.device import select_device
         from tinyvit_backbone.distill import DistillError
     except ImportError as err:

@@ -21,8 +21,8 @@ import sys
 
 import torch
 
-from ..device import select_device
 from ..complexity import METHOD as COMPLEXITY_METHOD
+from ..device import select_device
 from .measure import CostModel, DeviceThroughput, count_macs, count_params
 from .proxy import SnipProxy, TrainingProxy
 from .report import load_result, write_outputs, write_tables

@@ -14,13 +14,14 @@ leaves either the old file or the new one.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
 
 from ..files import atomic_write_text
+from ..tabular import simple_table
+from ..tabular import to_csv as table_csv
+from ..tabular import to_markdown as table_markdown
 from .search import SearchResult, format_si
 
 ARCH_FIELDS = ("embed_dims", "depths", "num_heads", "window_sizes")
@@ -56,19 +57,12 @@ def candidate_rows(result: SearchResult) -> list[dict]:
 
 
 def to_csv(result: SearchResult) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in candidate_rows(result):
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    return buf.getvalue()
+    rows = [[row[k] for k in CSV_COLUMNS] for row in candidate_rows(result)]
+    return table_csv(simple_table(CSV_COLUMNS, rows))
 
 
 def _md_table(header: list[str], rows: list[list]) -> list[str]:
-    def cell(v):
-        return "-" if v is None else str(v).replace("|", "\\|")
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+    return table_markdown(simple_table(header, rows), heading_level=0).rstrip("\n").split("\n")
 
 
 def _fmt_arch(arch: dict) -> str:
