@@ -17,7 +17,7 @@ PATHS = ("backbone", "fast", "timm")
 
 @dataclass
 class BenchReport:
-    """``throughput[(arch_key, input_size)][path]`` = images/s; ``machine`` as the report wrote
+    """``throughput[(variant, input_size)][path]`` = images/s; ``machine`` as the report wrote
     it; ``problems`` lists what could not be used (reported, never fatal)."""
 
     source: str | None = None
@@ -27,8 +27,8 @@ class BenchReport:
 
 
 def _model_key(model: str) -> str | None:
-    from .probes import arch_key
-    return arch_key(model)
+    from .probes import official_variant
+    return official_variant(model)
 
 
 def read_bench_report(path: str | None) -> BenchReport:

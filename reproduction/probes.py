@@ -64,7 +64,7 @@ def dataset_order(name: str) -> tuple[int, str]:
     return (_ORDER.get(name, len(_ORDER)), name.lower())
 
 
-def arch_key(arch) -> str | None:
+def official_variant(arch) -> str | None:
     """'21m' for "21m", "tinyvit-21m", "tiny_vit_21m_224", or the 21M dict; None otherwise."""
     from tinyvit_backbone.backbone import ARCH_SETTINGS
     if isinstance(arch, dict):
@@ -88,7 +88,7 @@ def pretraining_of(weights, arch=None) -> str:
         return "random"
     s = os.path.basename(str(weights)).lower()
     if re.search(r"2[12]k", s):
-        return "in21k-distill" if arch_key(arch) else "in21k"
+        return "in21k-distill" if official_variant(arch) else "in21k"
     if "1k" in s:
         return "in1k"
     return "unknown"

@@ -22,9 +22,9 @@ from .probes import (
     PRETRAINING_TEXT,
     ProbeResults,
     Record,
-    arch_key,
     dataset_order,
     kshot_stats,
+    official_variant,
     pretraining_of,
 )
 from .runs import Run
@@ -162,7 +162,7 @@ def _model_meta(records: list[Record]) -> dict[str, tuple]:
     for rec in sorted(records, key=lambda r: (r.model, r.origin)):
         if rec.model not in out:
             arch = rec.arch if isinstance(rec.arch, str) else ("custom" if rec.arch else None)
-            out[rec.model] = (arch, pretraining_of(rec.weights, rec.arch), arch_key(rec.arch))
+            out[rec.model] = (arch, pretraining_of(rec.weights, rec.arch), official_variant(rec.arch))
     return out
 
 

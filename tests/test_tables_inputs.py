@@ -14,9 +14,9 @@ from torch import nn
 
 from reproduction.bench_report import read_bench_report
 from reproduction.probes import (
-    arch_key,
     canonical_dataset,
     kshot_stats,
+    official_variant,
     parse_record,
     pretraining_of,
     read_results,
@@ -271,8 +271,8 @@ def test_names_arch_and_pretraining():
     assert canonical_dataset("ISIC") == "ISIC2018"
     assert canonical_dataset("imagenet1k") == "ImageNet-1k"
     assert canonical_dataset("my_data") == "my_data"
-    assert arch_key("21m") == arch_key("tiny_vit_21m_224.dist_in22k") == "21m"
-    assert arch_key("swin_tiny_patch4_window7_224") is None
+    assert official_variant("21m") == official_variant("tiny_vit_21m_224.dist_in22k") == "21m"
+    assert official_variant("swin_tiny_patch4_window7_224") is None
     assert pretraining_of("ckpt/tiny_vit_21m_22kto1k_distill.pth", "21m") == "in21k-distill"
     assert pretraining_of("tiny_vit_21m_224.in1k", "21m") == "in1k"
     assert pretraining_of("vit_base_patch16_224.augreg_in21k", "vit_base") == "in21k"

@@ -68,6 +68,16 @@ class DigitsDataset(Dataset):
         scan = Image.fromarray(self._images[self.indices[i]], mode="L")
         return scan.resize((self.image_size, self.image_size), Image.BICUBIC).convert("RGB")
 
+    def tensors(self, mean, std):
+        """All images as one normalised float tensor (N, 3, S, S) and the labels (N,): for the
+        tools that train on the whole split at once (the shrinking proxy)."""
+        import torch
+
+        pixels = np.stack([np.asarray(self.image(i), dtype=np.float32) for i in range(len(self))])
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).div_(255.0)
+        x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        return x, torch.tensor(self.targets)
+
     def __getitem__(self, i: int):
         img = self.image(i)
         if self.transform is not None:

@@ -56,12 +56,8 @@ def _digits_tensors(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The digits train split as normalised float tensors (N, 3, R, R) and labels (N,)."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    data = DigitsDataset("train", image_size=resolution)
-    images = np.stack([np.asarray(data.image(i), dtype=np.float32) for i in range(len(data))])
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).div_(255.0)
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
-    return (x - mean) / std, torch.tensor(data.targets)
+    return DigitsDataset("train", image_size=resolution).tensors(IMAGENET_DEFAULT_MEAN,
+                                                                 IMAGENET_DEFAULT_STD)
 
 
 def digits_split(resolution: int, holdout_fraction: float, seed: int):
