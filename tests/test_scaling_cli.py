@@ -40,7 +40,7 @@ def test_cli_search_writes_loadable_results(tmp_path, capsys):
                "--out", str(out), "--proxy", "snip", "--proxy-batch-size", "16",
                "--candidates-per-round", "2", "--resolution", "64",
                "--throughput-batch-size", "2", "--throughput-resolution", "32",
-               "--throughput-warmup", "0", "--throughput-repeat", "1", "--quiet"])
+               "--throughput-warmup", "0", "--throughput-repeat", "1", "--no-progress"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert set(summary["chosen"]) == {"big", "small"}
@@ -87,7 +87,7 @@ def test_reproduction_21m_seed_meets_paper_parameter_counts(tmp_path, capsys):
     rc = main(["search", "--seed-arch", "21m", "--max-params", "21M", "11M", "5.4M",
                "--compare", "21m", "11m", "5m", "--proxy", "snip", "--no-throughput",
                "--factors", "embed_dims", "depths", "--candidates-per-round", "3",
-               "--out", str(tmp_path), "--quiet"])
+               "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
     chosen = json.loads(capsys.readouterr().out)["chosen"]
     for label, published in (("21M", 21e6), ("11M", 11e6), ("5.4M", 5.4e6)):

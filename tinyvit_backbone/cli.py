@@ -20,18 +20,20 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
-def add_runtime_flags(parser: argparse.ArgumentParser, *, workers: int | None = 0,
+def add_runtime_flags(parser: argparse.ArgumentParser, *, workers: int | None | bool = 0,
                       amp_help: str = "mixed precision (default: on for CUDA, off for CPU)"
                       ) -> argparse._ArgumentGroup:
-    """Add the runtime group. ``workers=None`` means the tool picks per machine."""
+    """Add the runtime group. ``workers=None`` means the tool picks per machine; ``False``
+    leaves ``--workers`` out for a tool that loads no data through a DataLoader."""
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default="auto",
                    help="auto (CUDA if available, else CPU; torchrun: cuda:LOCAL_RANK), cpu, cuda "
                         "or cuda:N (default auto)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=amp_help)
-    g.add_argument("--workers", type=int, default=workers,
-                   help="DataLoader worker processes (default: "
-                        + ("chosen per machine" if workers is None else str(workers)) + ")")
+    if workers is not False:
+        g.add_argument("--workers", type=int, default=workers,
+                       help="DataLoader worker processes (default: "
+                            + ("chosen per machine" if workers is None else str(workers)) + ")")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on a terminal, a line every few percent otherwise "
                         "(default on)")

@@ -9,18 +9,18 @@
     python -m tinyvit_backbone.scaling report results/shrinking/search.json
 
 Numbers take SI suffixes (5.4M, 1.3G, 2e6); ``none`` leaves a target without that limit.
-Results are JSON on stdout; progress goes to stderr.
+Results are one JSON object on stdout; progress goes to stderr (:mod:`tinyvit_backbone.cli`).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 
 import torch
 
+from ..cli import add_runtime_flags, run_commands, subcommands
 from ..complexity import METHOD as COMPLEXITY_METHOD
 from ..device import select_device
 from .measure import CostModel, DeviceThroughput, count_macs, count_params
@@ -77,7 +77,8 @@ def _throughput(args) -> DeviceThroughput | None:
     return DeviceThroughput(batch_size=args.throughput_batch_size,
                             resolution=args.throughput_resolution or args.resolution,
                             device=args.device, warmup=args.throughput_warmup,
-                            repeat=args.throughput_repeat, num_classes=args.num_classes)
+                            repeat=args.throughput_repeat, num_classes=args.num_classes,
+                            amp=args.amp is not False)
 
 
 def cmd_measure(args) -> dict:
@@ -125,7 +126,7 @@ def cmd_search(args) -> dict:
     result = search(args.seed_arch, targets, cost=cost, proxy=proxy, space=space,
                     candidates_per_round=args.candidates_per_round,
                     round_ratio=args.round_ratio, band=args.band, seed=args.seed,
-                    progress=not args.quiet)
+                    progress=args.progress is not False)
     result.settings["compare"] = compare
     result.settings["torch_threads"] = torch.get_num_threads()
     paths = write_outputs(result, args.out)
@@ -145,7 +146,7 @@ def cmd_report(args) -> dict:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tinyvit_backbone.scaling",
                                      description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = subcommands(parser)
 
     def cost_flags(p):
         p.add_argument("--resolution", type=int, default=224,
@@ -153,14 +154,14 @@ def make_parser() -> argparse.ArgumentParser:
                        "--throughput-resolution) (default 224)")
         p.add_argument("--num-classes", type=int, default=1000,
                        help="classifier head used for counting (default 1000, as in the paper)")
-        p.add_argument("--device", default="auto",
-                       help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
         p.add_argument("--throughput-batch-size", type=int, default=64)
         p.add_argument("--throughput-resolution", type=int, default=None)
         p.add_argument("--throughput-warmup", type=int, default=2)
         p.add_argument("--throughput-repeat", type=int, default=5)
         p.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: torch's choice); 1 on a shared machine")
+        add_runtime_flags(p, workers=False,
+                          amp_help="fp16 autocast for the CUDA throughput (default on)")
 
     m = sub.add_parser("measure", help="params, MACs and measured img/s of architectures")
     m.add_argument("archs", nargs="+", help="5m, 11m, 21m or arch JSON files")
@@ -201,7 +202,6 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-throughput", action="store_true",
                    help="do not measure img/s (no --min-throughput then)")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
     cost_flags(s)
     s.set_defaults(func=cmd_search)
 
@@ -213,17 +213,16 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    try:
-        out = args.func(args)
-    except (ValueError, SearchError, FloatingPointError) as err:
-        print(f"tinyvit_backbone.scaling {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(out, indent=1))
-    return 0
+
+    def run(args):
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+        return args.func(args)
+
+    return run_commands(parser, {name: run for name in ("measure", "search", "report")}, argv,
+                        errors=(ValueError, SearchError, FloatingPointError))
 
 
 if __name__ == "__main__":
