@@ -6,6 +6,10 @@ embedded scenes (the CPU overlay of tinyvit_backbone.embedded.overlay).
 
 Without --embedded this does what `mim train mmdet|mmseg CONFIG` does (mmdet's and mmseg's
 tools/train.py), for both libraries. Distribution comes from mmengine's launchers unchanged.
+
+As in mmdet's train.py: the work dir is --work-dir if given, else the config's ``work_dir``, else
+``work_dirs/<config name>``; ``--resume`` alone continues from the work dir's latest checkpoint,
+``--resume PATH`` from that checkpoint.
 """
 import argparse
 import os
@@ -21,7 +25,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config")
     parser.add_argument("--work-dir", help="default: work_dirs/<config name>[_embedded]")
-    parser.add_argument("--resume", action="store_true", help="resume from the latest checkpoint")
+    parser.add_argument("--resume", nargs="?", type=str, const="auto", metavar="PATH",
+                        help="resume training: from PATH, or (no PATH) from the latest "
+                             "checkpoint of the work dir")
     parser.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
@@ -58,9 +64,16 @@ def build_config(args):
     cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or os.path.join("work_dirs", name)
-    if args.resume:
+    if args.resume == "auto":
         cfg.resume = True
         cfg.load_from = None
+    elif args.resume is not None:
+        if not os.path.isfile(args.resume):
+            raise SystemExit(f"error: --resume {args.resume}: no such checkpoint file (give an "
+                             "iter_N.pth / epoch_N.pth of an earlier run, or --resume alone "
+                             "for the work dir's latest)")
+        cfg.resume = True
+        cfg.load_from = args.resume
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
