@@ -17,6 +17,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from tinyvit_backbone.config_task import config_task
+
 DATASET_NAMES = {"CocoDataset": "COCO", "ADE20KDataset": "ADE20K",
                  "CityscapesDataset": "Cityscapes", "PascalVOCDataset": "Pascal VOC",
                  "LVISV1Dataset": "LVIS v1"}
@@ -218,9 +220,7 @@ def _wants_segm(cfg: dict) -> bool:
 def describe_config(cfg: dict) -> RunConfig:
     model = cfg.get("model") or {}
     scope = cfg.get("default_scope")
-    task = {"mmdet": "det", "mmseg": "seg"}.get(scope)
-    if task is None and _bare_type(model) in ("EncoderDecoder", "CascadeEncoderDecoder"):
-        task = "seg"
+    task = config_task(cfg, default=None)
     backbone = model.get("backbone") or {}
     params, note = count_backbone_params(backbone, scope)
     label, loop, max_progress = describe_schedule(cfg.get("train_cfg"))

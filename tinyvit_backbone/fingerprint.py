@@ -4,7 +4,8 @@ A fingerprint changes when the samples, their order or their labels change, and 
 when the dataset folder moves (paths are hashed relative to the root), so a logit store or a
 feature cache written on one machine is recognised on another. Values are hex SHA-256.
 
-* the embedded digits: split, image size, sample indices and labels;
+* a dataset that states its own identity through a ``fingerprint()`` method (the embedded
+  digits: split, image size, sample indices and labels, see :func:`digits_fingerprint`);
 * torchvision ``ImageFolder`` / ``DatasetFolder``: class names, then per sample the path
   relative to the root, the file size and the label (sizes catch a replaced image without
   reading every byte);
@@ -53,10 +54,9 @@ def dataset_fingerprint(ds: Dataset) -> str:
     """Fingerprint of any dataset object (see the module docstring for what is hashed)."""
     from torchvision.datasets import DatasetFolder
 
-    from .embedded.digits import DigitsDataset
-
-    if isinstance(ds, DigitsDataset):
-        return digits_fingerprint(ds.split, ds.image_size, ds.indices, ds.targets)
+    own = getattr(ds, "fingerprint", None)
+    if callable(own):
+        return own()
     if isinstance(ds, DatasetFolder):
         return folder_fingerprint(ds.root, ds.classes, ds.samples)
     digest = hashlib.sha256()

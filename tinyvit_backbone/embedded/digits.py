@@ -68,6 +68,13 @@ class DigitsDataset(Dataset):
         scan = Image.fromarray(self._images[self.indices[i]], mode="L")
         return scan.resize((self.image_size, self.image_size), Image.BICUBIC).convert("RGB")
 
+    def fingerprint(self) -> str:
+        """This split's identity for logit stores and feature caches
+        (:mod:`tinyvit_backbone.fingerprint`)."""
+        from ..fingerprint import digits_fingerprint
+
+        return digits_fingerprint(self.split, self.image_size, self.indices, self.targets)
+
     def tensors(self, mean, std):
         """All images as one normalised float tensor (N, 3, S, S) and the labels (N,): for the
         tools that train on the whole split at once (the shrinking proxy)."""
