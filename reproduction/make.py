@@ -4,8 +4,10 @@ Output folder::
 
     tables.md  tables.tex            every table, then what is missing / in progress /
                                      malformed / failed (Markdown and LaTeX)
-    <table>.md <table>.csv <table>.tex   one per table: coco, segmentation, transfer_paper,
-                                     linear_probe, kshot, episodes, models
+    <table>.md <table>.csv <table>.tex   one per table: the paper's layouts table6,
+                                     table5_linear, table5_fewshot, ablations; the wider
+                                     suite's coco, segmentation, linear_probe, kshot, episodes,
+                                     models
     plots/fewshot_<dataset>.png  plots/accuracy_vs_params.png  plots/accuracy_vs_throughput.png
     summary.json                     table sizes, files written, and the notes
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from tinyvit_backbone.files import atomic_write_bytes, atomic_write_text
 from tinyvit_backbone.tabular import Table, tex_escape, to_csv, to_latex, to_markdown
 
+from . import paper_tables as paper
 from . import tables as build
 from .bench_report import BenchReport, read_bench_report
 from .probes import ProbeResults, read_results
@@ -56,9 +59,12 @@ def build_report(work_dirs: list[str], result_files: list[str],
     notes.in_progress.extend(results.in_progress)
     notes.warnings.extend(results.warnings)
     tables = [
+        paper.table6(runs, notes),
+        paper.table5_linear(results, notes),
+        paper.table5_fewshot(results, notes),
+        paper.ablations_table(),
         build.coco_table(runs, notes),
         build.segmentation_table(runs, notes),
-        build.paper_transfer_table(results, notes),
         build.linear_probe_table(results, notes),
         build.kshot_table(results, notes),
         build.episodes_table(results, notes),

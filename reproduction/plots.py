@@ -41,31 +41,34 @@ def fewshot_plots(results: ProbeResults) -> dict[str, bytes]:
     """{"fewshot_<dataset>.png": png}: accuracy vs k, one line per model and protocol
     (k-shot probe: mean ± std over seeds; episodes: mean ± 95% CI)."""
     stats = kshot_stats(results.records)
-    episodes: dict[tuple[str, str, int], dict[int, tuple[float, float | None]]] = {}
+    episodes: dict[tuple[str, str, str, int], dict[int, tuple[float, float | None]]] = {}
     for r in results.records:
         if r.task == "episodes":
-            episodes.setdefault((r.model, r.dataset, r.n_way), {})[r.k] = (r.value, r.ci95)
-    datasets = sorted({d for _, d in stats} | {d for _, d, _ in episodes}, key=dataset_order)
+            protocol = r.protocol + (f", {r.backbone_mode}" if r.backbone_mode else "")
+            episodes.setdefault((r.model, protocol, r.dataset, r.n_way), {})[r.k] = (r.value,
+                                                                                     r.ci95)
+    datasets = sorted({d for _, _, d in stats} | {d for _, _, d, _ in episodes},
+                      key=dataset_order)
     out: dict[str, bytes] = {}
     for ds in datasets:
         fig = _new_figure()
         ax = fig.add_subplot()
         ks_all: set[int] = set()
-        for (model, d), per in sorted(stats.items()):
+        for (model, protocol, d), per in sorted(stats.items()):
             if d != ds:
                 continue
             ks = sorted(per)
             ks_all.update(ks)
             ax.errorbar(ks, [per[k].mean for k in ks], yerr=[per[k].std or 0.0 for k in ks],
-                        marker="o", capsize=3, label=f"{model} (k-shot probe)")
-        for (model, d, n_way), per in sorted(episodes.items()):
+                        marker="o", capsize=3, label=f"{model} (k-shot probe, {protocol})")
+        for (model, protocol, d, n_way), per in sorted(episodes.items()):
             if d != ds:
                 continue
             ks = sorted(per)
             ks_all.update(ks)
             ax.errorbar(ks, [per[k][0] for k in ks], yerr=[per[k][1] or 0.0 for k in ks],
                         marker="s", linestyle="--", capsize=3,
-                        label=f"{model} ({n_way}-way episodes)")
+                        label=f"{model} ({n_way}-way episodes, {protocol})")
         ks_sorted = sorted(ks_all)
         if ks_sorted and ks_sorted[0] > 0 and ks_sorted[-1] / ks_sorted[0] >= 4:
             ax.set_xscale("log")

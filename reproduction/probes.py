@@ -3,11 +3,16 @@ them: k-shot mean ± standard deviation over seeds, episodes mean ± 95% CI as r
 
 One record per line::
 
-    {"task": "linear_probe" | "kshot" | "episodes", "model": label, "arch", "weights",
-     "weights_digest", "dataset", "split_sizes", "k", "seed", "n_way", "episodes",
-     "weight_decay", "metric": "top1" | "mean_per_class" | "map11",
+    {"task": "linear_probe" | "kshot" | "episodes", "protocol": name, "model": label, "arch",
+     "weights", "weights_digest", "pretraining", "dataset", "split_sizes", "k", "seed",
+     "n_way", "episodes", "weight_decay", "metric": "top1" | "mean_per_class" | "map11",
      "metrics": {"top1", "top5", "mean_per_class", "map11"} (percent), "ci95": percent | null,
      "timings": {...}}
+
+``protocol`` says how the number was made (a paper table takes only its own protocol's
+records); records written before it existed get their task's fast protocol. ``pretraining``
+(``in1k`` | ``in1k-distill`` | ``in21k`` | ``in21k-distill``), when absent, is read from the
+weights' name.
 
 The value used is ``metrics[metric]`` (the dataset's official metric). A line that is not a
 valid record is reported as malformed (file:line and why) and contributes nothing; an
@@ -94,8 +99,9 @@ def pretraining_of(weights, arch=None) -> str:
     return "unknown"
 
 
-PRETRAINING_TEXT = {"in21k-distill": "IN-21k distill", "in21k": "IN-21k", "in1k": "IN-1k",
-                    "random": "random init", "unknown": "—"}
+PRETRAINING_KEYS = ("in1k", "in1k-distill", "in21k", "in21k-distill", "random", "unknown")
+# The protocol of a record written before records named one: the fast variant of its task.
+LEGACY_PROTOCOL = {"linear_probe": "clip-lbfgs", "kshot": "clip-lbfgs", "episodes": "lbfgs-fast"}
 
 
 @dataclass(frozen=True)
@@ -113,11 +119,15 @@ class Record:
     n_way: int | None = None
     episodes: int | None = None
     ci95: float | None = None
+    protocol: str = ""
+    pretraining: str = "unknown"
+    backbone_mode: str | None = None  # few-shot: "frozen" | "fine-tuned"
     origin: str = ""
 
     @property
     def key(self) -> tuple:
-        return (self.task, self.model, self.dataset, self.k, self.seed, self.n_way)
+        return (self.task, self.protocol, self.backbone_mode, self.model, self.dataset, self.k,
+                self.seed, self.n_way)
 
 
 @dataclass
@@ -169,6 +179,13 @@ def parse_record(obj, origin: str) -> Record:
     value = _percent(metrics[metric], f"metrics.{metric}")
     ci = obj.get("ci95")
     ci = None if ci is None else _percent(ci, "ci95")
+    protocol = obj.get("protocol") or LEGACY_PROTOCOL[task]
+    pretraining = obj.get("pretraining") or pretraining_of(obj.get("weights"), obj.get("arch"))
+    if pretraining not in PRETRAINING_KEYS:
+        raise RecordError(f"pretraining = {pretraining!r}, expected one of "
+                          f"{list(PRETRAINING_KEYS)}")
+    frozen = obj.get("freeze_backbone")
+    mode = None if frozen is None else ("frozen" if frozen else "fine-tuned")
     return Record(
         task=task, model=str(obj["model"]), dataset=canonical_dataset(str(obj["dataset"])),
         metric=metric, value=value, arch=obj.get("arch"),
@@ -177,7 +194,8 @@ def parse_record(obj, origin: str) -> Record:
         k=_int(obj, "k", task in ("kshot", "episodes")),
         seed=_int(obj, "seed", task == "kshot"),
         n_way=_int(obj, "n_way", task == "episodes"),
-        episodes=_int(obj, "episodes", False), ci95=ci, origin=origin)
+        episodes=_int(obj, "episodes", False), ci95=ci, protocol=str(protocol),
+        pretraining=pretraining, backbone_mode=mode, origin=origin)
 
 
 def _split_shared_labels(records: list[Record], warnings: list[str]) -> list[Record]:
@@ -233,7 +251,8 @@ def read_results(paths: list[str]) -> ProbeResults:
 
 
 def _key_text(rec: Record) -> str:
-    parts = [rec.task, rec.model, rec.dataset]
+    parts = [rec.task, rec.protocol + (f" ({rec.backbone_mode})" if rec.backbone_mode else ""),
+             rec.model, rec.dataset]
     if rec.n_way is not None:
         parts.append(f"{rec.n_way}-way")
     if rec.k is not None:
@@ -259,13 +278,14 @@ def seed_stats(values: dict[int, float]) -> SeedStats:
     return SeedStats(statistics.fmean(vals), std, tuple(sorted(values)))
 
 
-def kshot_stats(records: list[Record]) -> dict[tuple[str, str], dict[int, SeedStats]]:
-    """{(model, dataset): {k: SeedStats}}."""
-    groups: dict[tuple[str, str, int], dict[int, float]] = {}
+def kshot_stats(records: list[Record]) -> dict[tuple[str, str, str], dict[int, SeedStats]]:
+    """{(model, protocol, dataset): {k: SeedStats}}."""
+    groups: dict[tuple[str, str, str, int], dict[int, float]] = {}
     for rec in records:
         if rec.task == "kshot":
-            groups.setdefault((rec.model, rec.dataset, rec.k), {})[rec.seed] = rec.value
-    out: dict[tuple[str, str], dict[int, SeedStats]] = {}
-    for (model, dataset, k), values in groups.items():
-        out.setdefault((model, dataset), {})[k] = seed_stats(values)
+            groups.setdefault((rec.model, rec.protocol, rec.dataset, rec.k), {})[rec.seed] = \
+                rec.value
+    out: dict[tuple[str, str, str], dict[int, SeedStats]] = {}
+    for (model, protocol, dataset, k), values in groups.items():
+        out.setdefault((model, protocol, dataset), {})[k] = seed_stats(values)
     return out

@@ -19,16 +19,16 @@ from . import published as pub
 from .bench_report import PATHS, BenchReport, machine_text
 from .probes import (
     METRIC_SHORT,
-    PRETRAINING_TEXT,
     ProbeResults,
     Record,
     dataset_order,
     kshot_stats,
-    official_variant,
-    pretraining_of,
 )
 from .runs import Run
 
+PROTOCOL_NOTE = ("mocov3 = MoCo v3's linear probe (the paper's); cdfsl = cdfsl's finetune.py "
+                 "(the paper's); clip-lbfgs = the CLIP L-BFGS sweep on cached features (fast); "
+                 "lbfgs-fast = L-BFGS episodes on cached features (fast).")
 STATUS_ROW = {"complete": "ours", "in progress": "in progress", "malformed": "malformed",
               "failed": "failed"}
 
@@ -79,6 +79,12 @@ def coco_table(runs: list[Run], notes: Notes) -> Table:
             *(Column(n, True, 1) for n in ("box AP", "AP50", "AP75", "APs", "APm", "APl")),
             Column("mask AP", True, 1), Column("run / source")]
     table = Table("coco", "COCO detection: box and mask AP (%)", cols)
+    for t6 in pub.TABLE6:
+        table.add_row([text("published"), text(t6.backbone), num(t6.params_m),
+                       text("Cascade Mask R-CNN"), text("1x"),
+                       text(pub.PRETRAINING_TEXT[t6.pretraining] if t6.pretraining else None),
+                       text("COCO"), *(num(getattr(t6, name)) for name, _ in pub.TABLE6_METRICS),
+                       num(t6.mask_ap), text(t6.source)])
     for p in pub.COCO:
         table.add_row([text("published"), text(p.backbone), num(p.backbone_params_m),
                        text(p.detector), text(p.schedule), Cell(), text("COCO"), num(p.box_ap),
@@ -95,23 +101,10 @@ def coco_table(runs: list[Run], notes: Notes) -> Table:
             *(_pct(m.get(f"coco/bbox_{s}")) for s in ("mAP", "mAP_50", "mAP_75", "mAP_s",
                                                       "mAP_m", "mAP_l")),
             _pct(m.get("coco/segm_mAP")) if segm else Cell(), text(_run_label(run))])
-    expected = pub.EXPECTED_DET
-    matching = [r for r in det if r.config and r.config.backbone == expected["backbone"]
-                and r.config.model == expected["detector"]]
-    if not matching:
-        table.add_row([text("missing"), text(expected["backbone"]), Cell(),
-                       text(expected["detector"]), text("1x"), Cell(), text("COCO"),
-                       *(Cell() for _ in range(7)), text("expected: reproduction of "
-                                                         + pub.TINYVIT_PAPER)])
-        notes.missing.append(f"COCO: {expected['backbone']} {expected['detector']} (the paper's "
-                             "50.2 box AP run): no work dir with that backbone and detector")
-    elif not any(r.status == "complete" for r in matching):
-        notes.missing.append(f"COCO: {expected['backbone']} {expected['detector']}: no complete "
-                             "run yet (" + ", ".join(r.name for r in matching) + ")")
     table.footnotes = [
-        "Published rows report only box AP and mask AP; the other published cells are empty. "
-        "Published params are the classifier's (Swin-T 28M, TinyViT-21M 21M); ours count the "
-        "backbone alone, from its config.",
+        "Published rows: Table 6 of the TinyViT paper (every column) and Swin's model zoo (box "
+        "and mask AP only). Published params are as printed (Swin-T 28M, TinyViT-21M 21M); ours "
+        "count the backbone alone, from its config.",
         "n/a: COCOeval found no objects of that size (it writes -1).",
     ]
     return table
@@ -162,70 +155,16 @@ def _model_meta(records: list[Record]) -> dict[str, tuple]:
     for rec in sorted(records, key=lambda r: (r.model, r.origin)):
         if rec.model not in out:
             arch = rec.arch if isinstance(rec.arch, str) else ("custom" if rec.arch else None)
-            out[rec.model] = (arch, pretraining_of(rec.weights, rec.arch), official_variant(rec.arch))
+            out[rec.model] = (arch, rec.pretraining)
     return out
 
 
 def _meta_cells(meta: tuple) -> list[Cell]:
-    return [text(meta[0]), text(PRETRAINING_TEXT[meta[1]])]
+    return [text(meta[0]), text(pub.PRETRAINING_TEXT[meta[1]])]
 
 
-def paper_transfer_table(results: ProbeResults, notes: Notes) -> Table:
-    lp_ds = pub.PAPER_LINEAR_PROBE_DATASET
-    cols = [Column("row"), Column("model"), Column("arch"), Column("pretraining"),
-            Column(f"{lp_ds} linear probe", True, 1)]
-    cdfsl = [(ds, k) for ds in pub.CDFSL_DATASETS for k in pub.CDFSL_SHOTS]
-    cols += [Column(f"{ds} {k}-shot", True, 1, with_err=True) for ds, k in cdfsl]
-    table = Table("transfer_paper",
-                  f"Classification transfer, paper layout: {lp_ds} linear probe top-1 and cdfsl "
-                  f"{pub.CDFSL_WAYS}-way few-shot accuracy (%, mean ± 95% CI)", cols)
-    lp = {r.model: r for r in results.records
-          if r.task == "linear_probe" and r.dataset == lp_ds}
-    eps = {(r.model, r.dataset, r.k): r for r in results.records
-           if r.task == "episodes" and r.n_way == pub.CDFSL_WAYS and r.dataset in pub.CDFSL_DATASETS}
-    relevant = {r.model for r in lp.values()} | {m for m, _, _ in eps}
-    meta = _model_meta([r for r in results.records if r.model in relevant])
-
-    def row(kind: str, model: str) -> None:
-        cells = [text(kind), text(model), *_meta_cells(meta[model])]
-        rec = lp.get(model)
-        cells.append(num(rec.value) if rec else Cell())
-        lacking = [] if rec else [f"{lp_ds} linear probe"]
-        for ds in pub.CDFSL_DATASETS:
-            shots = []
-            for k in pub.CDFSL_SHOTS:
-                e = eps.get((model, ds, k))
-                cells.append(num(e.value, e.ci95) if e else Cell())
-                if e is None:
-                    shots.append(str(k))
-            if shots:
-                lacking.append(f"{ds} {'/'.join(shots)}-shot")
-        if lacking:
-            notes.missing.append(f"paper layout: {model}: " + ", ".join(lacking)
-                                 + f" ({pub.CDFSL_WAYS}-way episodes)" * any("shot" in x
-                                                                             for x in lacking))
-        table.add_row(cells)
-
-    placed: set[str] = set()
-    for label, kind in pub.PAPER_TRANSFER_MODELS:
-        models = sorted(m for m in relevant if meta[m][2] == "21m" and meta[m][1] == kind)
-        for model in models:
-            row("ours", model)
-            placed.add(model)
-        if not models:
-            table.add_row([text("missing"), text(label), text("21m"),
-                           text(PRETRAINING_TEXT[kind]), *(Cell() for _ in range(1 + len(cdfsl)))])
-            notes.missing.append(f"paper layout: {label}: no results (records with arch 21m and "
-                                 f"{PRETRAINING_TEXT[kind]} weights)")
-    for model in sorted(relevant - placed):
-        row("ours", model)
-    table.footnotes = [
-        "The TinyViT paper's transfer numbers are not in this project's reference sheet, so no "
-        "published row is printed here.",
-        "Pretraining is read from the weights' name (22k/21k = ImageNet-21k, distilled for "
-        "TinyViT; 1k = ImageNet-1k only).",
-    ]
-    return table
+def _protocol(rec: Record) -> str:
+    return rec.protocol + (f" ({rec.backbone_mode})" if rec.backbone_mode else "")
 
 
 def _header_with_metric(ds: str, metrics: set[str]) -> str:
@@ -243,48 +182,47 @@ def linear_probe_table(results: ProbeResults, notes: Notes) -> Table:
         if len(ms) > 1:
             notes.warnings.append(f"linear probe {ds}: records use different metrics "
                                   f"({', '.join(sorted(ms))}); the column mixes them")
-    suite = [d for d in datasets if d != pub.PAPER_LINEAR_PROBE_DATASET]
-    cols = [Column("row"), Column("model"), Column("arch"), Column("pretraining")]
+    cols = [Column("row"), Column("model"), Column("protocol"), Column("arch"),
+            Column("pretraining")]
     cols += [Column(_header_with_metric(d, metric_of[d]), True, 1) for d in datasets]
-    if suite:
-        cols.append(Column(f"mean ({len(suite)} datasets)", True, 1))
-    table = Table("linear_probe", "Linear probe per dataset (%, the dataset's official metric)",
-                  cols)
-    by = {(r.model, r.dataset): r for r in recs}
+    if len(datasets) > 1:
+        cols.append(Column(f"mean ({len(datasets)} datasets)", True, 1))
+    table = Table("linear_probe", "Linear probe per dataset and protocol (%, the dataset's "
+                  "official metric)", cols)
+    by = {(r.model, _protocol(r), r.dataset): r for r in recs}
     meta = _model_meta(recs)
-    for model in sorted({r.model for r in recs}):
-        cells = [text("ours"), text(model), *_meta_cells(meta[model])]
+    for model, protocol in sorted({(r.model, _protocol(r)) for r in recs}):
+        cells = [text("ours"), text(model), text(protocol), *_meta_cells(meta[model])]
         for d in datasets:
-            r = by.get((model, d))
+            r = by.get((model, protocol, d))
             cells.append(num(r.value) if r else Cell())
-        lacking = [d for d in datasets if (model, d) not in by]
-        if lacking:
-            notes.missing.append(f"linear probe: {model}: " + ", ".join(lacking))
-        if suite:
-            vals = [by[(model, d)].value for d in suite if (model, d) in by]
-            cells.append(num(sum(vals) / len(vals)) if len(vals) == len(suite) else Cell())
+        if len(datasets) > 1:
+            vals = [by[(model, protocol, d)].value for d in datasets
+                    if (model, protocol, d) in by]
+            cells.append(num(sum(vals) / len(vals)) if len(vals) == len(datasets) else Cell())
         table.add_row(cells)
-    table.footnotes = ["The mean is over every dataset but ImageNet-1k, and only for models "
-                       "with all of them."] if suite else []
+    table.footnotes = ["Protocols: " + PROTOCOL_NOTE] + (
+        ["The mean is over every dataset of the table, only for rows with all of them."]
+        if len(datasets) > 1 else [])
     return table
 
 
 def kshot_table(results: ProbeResults, notes: Notes) -> Table:
     stats = kshot_stats(results.records)
     ks = sorted({k for per in stats.values() for k in per})
-    cols = [Column("row"), Column("model"), Column("dataset"), Column("seeds")]
+    cols = [Column("row"), Column("model"), Column("protocol"), Column("dataset"),
+            Column("seeds")]
     cols += [Column(f"k={k}", True, 1, with_err=True) for k in ks]
     table = Table("kshot", "k-shot linear probe by k (%, mean ± std over seeds)", cols)
-    for (model, ds) in sorted(stats, key=lambda md: (md[0], dataset_order(md[1]))):
-        per = stats[(model, ds)]
+    for (model, protocol, ds) in sorted(stats, key=lambda m: (m[0], m[1], dataset_order(m[2]))):
+        per = stats[(model, protocol, ds)]
         seeds = sorted({s for st in per.values() for s in st.seeds})
-        cells = [text("ours"), text(model), text(ds), text(",".join(map(str, seeds)))]
+        cells = [text("ours"), text(model), text(protocol), text(ds),
+                 text(",".join(map(str, seeds)))]
         for k in ks:
             st = per.get(k)
             cells.append(num(st.mean, st.std) if st else Cell())
-            if st is None:
-                notes.missing.append(f"k-shot: {model}: {ds} k={k}")
-            elif len(st.seeds) < len(seeds):
+            if st is not None and len(st.seeds) < len(seeds):
                 lacking = sorted(set(seeds) - set(st.seeds))
                 notes.missing.append(f"k-shot: {model}: {ds} k={k}: seed(s) "
                                      f"{','.join(map(str, lacking))} (mean over the others)")
@@ -296,22 +234,24 @@ def kshot_table(results: ProbeResults, notes: Notes) -> Table:
 def episodes_table(results: ProbeResults, notes: Notes) -> Table:
     recs = [r for r in results.records if r.task == "episodes"]
     settings = sorted({(r.n_way, r.k) for r in recs})
-    cols = [Column("row"), Column("model"), Column("dataset"), Column("episodes")]
+    cols = [Column("row"), Column("model"), Column("protocol"), Column("dataset"),
+            Column("episodes")]
     cols += [Column(f"{n}-way {k}-shot", True, 1, with_err=True) for n, k in settings]
     table = Table("episodes", "Few-shot episodes (%, mean ± 95% CI over episodes)", cols)
-    by = {(r.model, r.dataset, r.n_way, r.k): r for r in recs}
-    for model, ds in sorted({(r.model, r.dataset) for r in recs},
-                            key=lambda md: (md[0], dataset_order(md[1]))):
-        counts = sorted({r.episodes for r in recs if (r.model, r.dataset) == (model, ds)
+    by = {(r.model, _protocol(r), r.dataset, r.n_way, r.k): r for r in recs}
+    groups = sorted({(r.model, _protocol(r), r.dataset) for r in recs},
+                    key=lambda m: (m[0], m[1], dataset_order(m[2])))
+    for model, protocol, ds in groups:
+        counts = sorted({r.episodes for r in recs
+                         if (r.model, _protocol(r), r.dataset) == (model, protocol, ds)
                          and r.episodes is not None})
-        cells = [text("ours"), text(model), text(ds), text(",".join(map(str, counts)))]
+        cells = [text("ours"), text(model), text(protocol), text(ds),
+                 text(",".join(map(str, counts)))]
         for n, k in settings:
-            r = by.get((model, ds, n, k))
+            r = by.get((model, protocol, ds, n, k))
             cells.append(num(r.value, r.ci95) if r else Cell())
-        lacking = [f"{n}-way {k}-shot" for n, k in settings if (model, ds, n, k) not in by]
-        if lacking:
-            notes.missing.append(f"episodes: {model}: {ds} " + ", ".join(lacking))
         table.add_row(cells)
+    table.footnotes = ["Protocols: " + PROTOCOL_NOTE]
     return table
 
 

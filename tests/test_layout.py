@@ -2,7 +2,6 @@
 plugin core imports light, and no package imports another in a circle."""
 import ast
 import json
-import os
 import subprocess
 import sys
 from collections import defaultdict

@@ -24,7 +24,8 @@ FIX = os.path.join(ROOT, "tests", "fixtures", "tables")
 EXPECTED = os.path.join(FIX, "expected")
 ARGS = dict(work_dirs=[os.path.join(FIX, "work_dirs")],
             result_files=[os.path.join(FIX, "results", "probe.jsonl"),
-                          os.path.join(FIX, "results", "probe_running.jsonl")],
+                          os.path.join(FIX, "results", "probe_running.jsonl"),
+                          os.path.join(FIX, "results", "paper_protocols.jsonl")],
             bench_report=os.path.join(FIX, "bench", "report.json"))
 
 
@@ -49,6 +50,8 @@ def test_outputs_match_expected_markdown_and_csv(outputs):
         for n in names:
             with open(os.path.join(out, n), "rb") as src, open(os.path.join(EXPECTED, n), "wb") as dst:
                 dst.write(src.read())
+        for stale in set(os.listdir(EXPECTED)) - set(names):
+            os.remove(os.path.join(EXPECTED, stale))
     assert sorted(os.listdir(EXPECTED)) == names
     for n in names:
         with open(os.path.join(out, n), encoding="utf-8") as got, \
@@ -68,9 +71,10 @@ def test_summary_reports_every_run_and_input_problem(outputs):
         "upernet_tinyvit-21m_8xb2-160k_ade20k-512x512": "complete",
         "upernet_tinyvit-5m_8xb2-160k_ade20k-512x512": "in progress",
     }
-    assert summary["tables"] == {"coco": 10, "segmentation": 3, "transfer_paper": 3,
-                                 "linear_probe": 3, "kshot": 2, "episodes": 3, "models": 5}
-    assert summary["records"] == 23
+    assert summary["tables"] == {"table6": 6, "table5_linear": 8, "table5_fewshot": 9,
+                                 "ablations": 7, "coco": 11, "segmentation": 3,
+                                 "linear_probe": 6, "kshot": 2, "episodes": 5, "models": 5}
+    assert summary["records"] == 29
     malformed = "\n".join(summary["malformed"])
     assert "probe.jsonl:23: missing field 'metrics'" in malformed
     assert "probe.jsonl:24: not JSON" in malformed
@@ -87,7 +91,8 @@ def test_summary_reports_every_run_and_input_problem(outputs):
 def test_published_and_ours_side_by_side(outputs):
     out, _ = outputs
     coco = (out / "coco.md").read_text()
-    assert "| published | TinyViT-21M | 21.0 | Cascade Mask R-CNN | 1x (as Swin-T) |" in coco
+    assert ("| published | TinyViT-21M | 21.0 | Cascade Mask R-CNN | 1x | IN-21k ⚗ | COCO | 50.2 "
+            "| 69.4 | 54.4 | 32.9 | 53.9 | 65.2 |") in coco
     # CocoMetric's fractions are shown in percent; the resumed run's newest launch is used.
     assert "| 49.8 | 69.1 | 54.1 | 32.5 | 53.2 | 65.5 | 43.1 |" in coco
     assert "(final val, epoch 12)" in coco
@@ -187,3 +192,57 @@ def test_other_backbones_are_counted_through_the_registry(tmp_path):
     assert run.config.backbone == "Swin-T"
     assert run.config.backbone_params_m == pytest.approx(27.520698), run.config.params_note
     assert run.config.params_note is None
+
+
+def _rows(md: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+            if line.startswith("| ") and not line.startswith("| row")]
+
+
+def test_paper_tables_hold_every_published_cell(outputs):
+    """Table 5: 20 linear-probe and 48 few-shot numbers; Table 6: three rows of AP, AP50,
+    AP75, APS, APM, APL; each in the paper's layout with its published row."""
+    from reproduction import published as pub
+
+    out, _ = outputs
+    linear = [r for r in _rows(open(out / "table5_linear.md").read()) if r[0] == "published"]
+    fewshot = [r for r in _rows(open(out / "table5_fewshot.md").read()) if r[0] == "published"]
+    coco = [r for r in _rows(open(out / "table6.md").read()) if r[0] == "published"]
+    assert [r[1] for r in linear] == ["IN-1k", "IN-1k ⚗", "IN-21k", "IN-21k ⚗"]
+    assert [r[1] for r in fewshot] == ["IN-1k", "IN-1k ⚗", "IN-21k", "IN-21k ⚗"]
+    assert sum(c != "—" for r in linear for c in r[2:7]) == 20
+    assert sum(c != "—" for r in fewshot for c in r[2:14]) == 48
+    assert [r[1] for r in coco] == ["Swin-T", "TinyViT-21M (IN-1k)", "TinyViT-21M (IN-21k ⚗)"]
+    assert [r[4:10] for r in coco][2] == ["50.2", "69.4", "54.4", "32.9", "53.9", "65.2"]
+    assert sum(c != "—" for r in coco for c in r[4:10]) == 18
+    # the registry holds the same numbers with their table as source
+    cells = pub.published_cells()
+    assert sum(c.table == "Table 5 (linear probe)" for c in cells) == 20
+    assert sum(c.table == "Table 5 (few-shot)" for c in cells) == 48
+    assert sum(c.table == "Table 6" for c in cells) == 3 * 8
+    assert {c.table for c in cells} >= {"Table 4", "ablation (pretraining)", "ablation (teacher)"}
+
+
+def test_other_protocols_never_land_in_a_paper_table(outputs):
+    out, _ = outputs
+    linear = _rows(open(out / "table5_linear.md").read())
+    ours = [r for r in linear if r[0] == "ours"]
+    # the clip-lbfgs CIFAR-10 of tinyvit-21m-distill and the 5M mocov3 record stay out
+    assert {r[-1] for r in ours} == {"tinyvit-21m in1k (mocov3)",
+                                     "tinyvit-21m in21k-distill (mocov3)"}
+    wider = open(out / "linear_probe.md").read()
+    assert "| tinyvit-21m-distill | clip-lbfgs |" in wider and "| tinyvit-5m in1k | mocov3 |" in wider
+    fewshot = _rows(open(out / "table5_fewshot.md").read())
+    assert all("lbfgs" not in r[-1] for r in fewshot)
+    assert any("frozen backbone" in r[-1] for r in fewshot if r[0] == "ours")
+
+
+def test_missing_paper_rows_name_the_command_that_fills_them(outputs):
+    out, summary = outputs
+    table6 = _rows(open(out / "table6.md").read())
+    missing = [r for r in table6 if r[0] == "missing"]
+    assert [r[1] for r in missing] == ["Swin-T", "TinyViT-21M (IN-1k)"]
+    assert "det_configs/cascade_swin-t_1x.py" in missing[0][-1]
+    notes = "\n".join(summary["missing"])
+    assert "Table 5 few-shot IN-1k: no cdfsl episodes" in notes
+    assert "--weights in1k=tiny_vit_21m_1k" in notes
