@@ -34,12 +34,12 @@ TABLE5_WEIGHTS = {"in1k": "tiny_vit_21m_1k", "in1k-distill": None, "in21k": None
                   "in21k-distill": "tiny_vit_21m_22k_distill"}
 
 
-def _table6_command(pretraining: str | None) -> str:
+def table6_command(pretraining: str | None) -> str:
     return (f"mim train mmdet {TABLE6_CONFIGS[pretraining]} --gpus 8 --launcher pytorch "
             "(or tools/reproduce.py table6 --train)")
 
 
-def _table5_command(pretraining: str) -> str:
+def table5_command(pretraining: str) -> str:
     weights = TABLE5_WEIGHTS[pretraining]
     if weights:
         return f"tools/reproduce.py table5 --weights {pretraining}={weights}"
@@ -48,7 +48,7 @@ def _table5_command(pretraining: str) -> str:
 
 
 # --------------------------------------------------------------------------------- Table 6
-def _table6_run(run: Run) -> str | None | bool:
+def table6_row(run: Run) -> str | None | bool:
     """The Table 6 row a run reproduces (its pretraining key, None for Swin-T), or False."""
     from .probes import pretraining_of
 
@@ -72,7 +72,7 @@ def table6(runs: list[Run], notes: Notes) -> Table:
     table = Table("table6", "Table 6: COCO 2017 val, Cascade Mask R-CNN 1x (box AP, %)", cols)
     by_row: dict = {}
     for run in runs:
-        key = _table6_run(run)
+        key = table6_row(run)
         if key is not False:
             by_row.setdefault(key, []).append(run)
     for p in pub.TABLE6:
@@ -91,9 +91,9 @@ def table6(runs: list[Run], notes: Notes) -> Table:
                            text(f"{run.name} ({run.eval_source})")])
         if not ours:
             table.add_row([text("missing"), text(label), *(Cell() for _ in range(9)),
-                           text(_table6_command(p.pretraining))])
+                           text(table6_command(p.pretraining))])
             notes.missing.append(f"Table 6 {label}: no complete COCO run; "
-                                 + _table6_command(p.pretraining))
+                                 + table6_command(p.pretraining))
     table.footnotes = [
         "Published params are the backbone's as the paper prints them; ours are counted from "
         "the run's config (backbone alone). IN-1k top-1 belongs to the pretrained weights, "
@@ -140,10 +140,10 @@ def table5_linear(results: ProbeResults, notes: Notes) -> Table:
                                      f"({model}): " + ", ".join(lacking))
         if not models:
             table.add_row([text("missing"), text(pub.PRETRAINING_TEXT[pre]),
-                           *(Cell() for _ in datasets), text(_table5_command(pre))])
+                           *(Cell() for _ in datasets), text(table5_command(pre))])
             notes.missing.append(f"Table 5 linear probe {pub.PRETRAINING_TEXT[pre]}: no "
                                  f"{PROTOCOL_LINEAR} records of TinyViT-21M; "
-                                 + _table5_command(pre))
+                                 + table5_command(pre))
     table.footnotes = ["Ours: protocol mocov3 (MoCo v3 main_lincls: frozen backbone, "
                        "RandomResizedCrop + flip online, SGD 90 epochs, cosine, wd 0)."]
     return table
@@ -186,10 +186,10 @@ def table5_fewshot(results: ProbeResults, notes: Notes) -> Table:
                                       f"paper uses {pub.CDFSL_EPISODES}")
         if not rows:
             table.add_row([text("missing"), text(pub.PRETRAINING_TEXT[pre]),
-                           *(Cell() for _ in columns), text(_table5_command(pre))])
+                           *(Cell() for _ in columns), text(table5_command(pre))])
             notes.missing.append(f"Table 5 few-shot {pub.PRETRAINING_TEXT[pre]}: no "
                                  f"{PROTOCOL_FEWSHOT} episodes of TinyViT-21M; "
-                                 + _table5_command(pre))
+                                 + table5_command(pre))
     table.footnotes = ["Ours: protocol cdfsl (finetune.py: a fresh linear layer per episode, "
                        "SGD 100 epochs in mini-batches of 4; the backbone fine-tuned or frozen, "
                        "as labelled). The paper does not say which it used."]
