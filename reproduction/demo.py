@@ -178,6 +178,7 @@ def stage_tables(out: str, log, bench_report: str | None = None) -> dict:
 
 # ----------------------------------------------------------------------------- the run
 STAGES = ("distill", "detect", "segment", "probe", "tables")
+PAPER_TABLES = ("table6", "table5_linear", "table5_fewshot")
 
 
 def run_demo(out: str = "results/demo", *, config_root: str, settings: DemoSettings | None = None,
@@ -233,9 +234,17 @@ def format_summary(summary: dict) -> str:
     if "probe" in summary:
         lines.append("  linear probe on digits (top-1 %): " + ", ".join(
             f"{k.removeprefix('tinyvit-demo ')} {v:.1f}" for k, v in summary["probe"].items()))
-    if "tables" in summary:
-        lines.append(f"  tables and plots: {summary['tables']['folder']}/tables.md")
     total = sum(summary["seconds"].values())
     lines.append(f"  time: {total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in
                                                        summary["seconds"].items()) + ")")
+    if "tables" in summary:
+        folder = summary["tables"]["folder"]
+        lines.append(f"  tables and plots: {folder}/tables.md")
+        lines.append("  the paper's tables, published rows beside ours (a full-scale run of "
+                     "tools/reproduce.py fills the missing rows):")
+        for slug in PAPER_TABLES:
+            path = os.path.join(folder, f"{slug}.md")
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    lines += ["", *("    " + line for line in f.read().rstrip().splitlines())]
     return "\n".join(lines)

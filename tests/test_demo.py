@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reproduction.demo import DemoError, DemoSettings, run_demo
+from reproduction.demo import DemoError, DemoSettings, format_summary, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -59,8 +59,14 @@ def test_reduced_demo_runs_every_stage_and_reuses_on_rerun(tmp_path):
     assert set(summary["seconds"]) == {"distill", "detect", "segment", "probe", "tables"}
     assert "coco/bbox_mAP" in summary["detect"] and "mIoU" in summary["segment"]
     assert len(summary["probe"]) == 3
-    for rel in ("tables/tables.md", "tables/coco.csv", "probe/results.jsonl", "summary.json"):
+    for rel in ("tables/tables.md", "tables/coco.csv", "tables/table6.md",
+                "tables/table5_linear.md", "tables/table5_fewshot.md", "probe/results.jsonl",
+                "summary.json"):
         assert os.path.isfile(os.path.join(out, rel)), rel
+    text = format_summary(summary)
+    # the paper's layouts, published rows first, are shown to a newcomer
+    assert "Table 6: COCO 2017 val" in text and "| published | TinyViT-21M (IN-21k ⚗) |" in text
+    assert "Table 5 (left)" in text and "Table 5 (right)" in text
     tables = open(os.path.join(out, "tables", "tables.md")).read()
     assert "mask_rcnn_tinyvit_demo" in tables and "tinyvit-demo distilled" in tables
     records = [json.loads(line) for line in open(os.path.join(out, "probe", "results.jsonl"))]
