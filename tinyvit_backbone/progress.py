@@ -30,6 +30,14 @@ def interactive(stream=None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+class _Discard:
+    def write(self, _text):
+        return 0
+
+    def flush(self):
+        return None
+
+
 class LineProgress(_tqdm):
     """tqdm that prints whole lines at coarse steps instead of redrawing one line."""
 
@@ -70,12 +78,19 @@ class LineProgress(_tqdm):
         return True
 
     def close(self):
-        if not self.disable and not self._lines_closed:
+        if self.disable:
+            return super().close()
+        if not self._lines_closed:
             if self.total is None or self.n < self.total or self._last_pct < 100.0:
                 self._last_pct = -1.0  # force the closing line
                 self.display()
             self._lines_closed = True
-        super().close()
+        # tqdm's close ends a redrawn line with "\n" or "\r": nothing to end here
+        stream, self.fp = self.fp, _Discard()
+        try:
+            super().close()
+        finally:
+            self.fp = stream
 
     def clear(self, nolock=False):  # lines are never erased
         return

@@ -27,8 +27,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from tqdm.auto import tqdm
-
+from ..progress import progress_bar
 from .measure import CostModel
 from .proxy import ProxyScore
 from .space import SearchSpace, apply_move, arch_key, canonical, changes, random_move
@@ -268,7 +267,7 @@ def _run_round(current: dict, limits: Constraints, info: RoundInfo, desc: str, *
                                                         count, max_tries=4 * count)
     log.info("%s: %d candidates from %s", desc, len(found), info.start_key)
     batch = []
-    for arch, path in tqdm(found, desc=desc, disable=not progress, leave=False):
+    for arch, path in progress_bar(found, desc=desc, enabled=progress, leave=False):
         cand = Candidate(round=info.round, target=info.target, key=arch_key(arch), arch=arch,
                          path=path, params=cost.params(arch), macs=cost.macs(arch),
                          throughput=cost.throughput(arch))
