@@ -22,6 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import Figure, describe, machine_info  # noqa: E402
 from tinyvit_backbone.files import atomic_write_text  # noqa: E402
+from tinyvit_backbone.tabular import Column, Table, text  # noqa: E402
+from tinyvit_backbone.tabular import to_markdown as table_markdown  # noqa: E402
 
 
 def discover() -> list[str]:
@@ -60,13 +62,17 @@ def to_markdown(report: dict) -> str:
              f"mmengine {m.get('mmengine')}, scikit-learn {m.get('sklearn')}."
              + (f" Environment: {m['env']}." if m.get("env") else ""),
              f"Mode: {'quick' if report['quick'] else 'full'}. Every ratio compares two figures "
-             "measured in this run; speedup > 1 means better than the baseline.", "",
-             "| bench | figure | value | baseline | baseline value | speedup | goal |",
-             "|---|---|---:|---|---:|---:|---|"]
+             "measured in this run; speedup > 1 means better than the baseline.", ""]
+    table = Table("bench", "figures", [Column("bench"), Column("figure"),
+                                       Column("value", numeric=True), Column("baseline"),
+                                       Column("baseline value", numeric=True),
+                                       Column("speedup", numeric=True), Column("goal")])
     for f in report["figures"]:
         goal = "" if f["goal"] is None else f"≥ {f['goal']}x {'✓' if f['meets_goal'] else '✗ missed'}"
-        lines.append(f"| {f['bench']} | {f['name']} | {f['value']:.4g} {f['unit']} | {f['baseline']} "
-                     f"| {f['baseline_value']:.4g} | {f['speedup']:.3f}x | {goal} |")
+        table.add_row([text(f["bench"]), text(f["name"]), text(f"{f['value']:.4g} {f['unit']}"),
+                       text(f["baseline"]), text(f"{f['baseline_value']:.4g}"),
+                       text(f"{f['speedup']:.3f}x"), text(goal)])
+    lines.append(table_markdown(table, heading_level=0).rstrip("\n"))
     lines += ["", "Seconds per benchmark: "
               + ", ".join(f"{k} {v}" for k, v in report["seconds"].items()) + "."]
     if report["failures"]:
