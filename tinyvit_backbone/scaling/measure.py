@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..backbone import build_timm_tinyvit
+from ..complexity import METHOD as COMPLEXITY_METHOD
 from ..complexity import count_macs, count_params
 from ..device import select_device
 
@@ -111,5 +112,5 @@ class CostModel:
         else:
             throughput = dict(callable=getattr(fn, "__qualname__", repr(fn)))
         return dict(resolution=self.resolution, num_classes=self.num_classes,
-                    counter="mmengine.analysis (parameter_count, FlopAnalyzer; 1 MAC = 1)",
+                    counter=COMPLEXITY_METHOD,
                     throughput=throughput)
