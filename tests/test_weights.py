@@ -206,6 +206,9 @@ def test_truncated_or_altered_cache_file_is_refused_and_fetched_again(mirror):
     third = resolve_weights(NAME, log=messages.append)
     assert any("altered" in m for m in messages), messages
     assert third.sha256 == first.sha256 == _sha256(third.path) and len(mirror.hits) == 3
+    Path(first.path).write_bytes(data[:-10])  # given by its path (as results record it)
+    by_path = resolve_weights(first.path)
+    assert by_path.sha256 == first.sha256 and len(mirror.hits) == 4
 
 
 def test_interrupted_download_keeps_nothing_and_a_rerun_fetches_it(mirror):
@@ -250,6 +253,24 @@ def test_concurrent_resolvers_download_once(mirror):
     for t in threads:
         t.join()
     assert len(results) == 3 and len(set(results)) == 1 and len(mirror.hits) == 1
+
+
+def test_the_command_lists_the_zoo_and_fetches_for_offline_use(mirror, capsys):
+    from tinyvit_backbone.weights import main
+
+    assert main(["list"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    rows = {row["name"]: row for row in listing["checkpoints"]}
+    assert set(rows) == set(zoo.ZOO) | set(zoo.BASELINES) and listing["mirror"] == mirror.base
+    assert rows[NAME]["url"] == f"{mirror.base}/{NAME}.pth" and not rows[NAME]["cached"]
+    assert main(["fetch", NAME, "--no-progress"]) == 0
+    fetched = json.loads(capsys.readouterr().out)["weights"][0]
+    assert fetched["path"] == cache_path(zoo.ZOO[NAME].url) and fetched["name"] == NAME
+    assert fetched["sha256"] == _sha256(fetched["path"])
+    main(["list"])
+    assert {r["name"]: r for r in json.loads(capsys.readouterr().out)["checkpoints"]}[NAME]["cached"]
+    assert main(["fetch", "no_such_weights"]) == 2
+    assert capsys.readouterr().err.startswith("error: weights 'no_such_weights' not found")
 
 
 # ----------------------------------------------------------------------------- arch checks
@@ -326,8 +347,9 @@ def test_timm_models_load_through_the_same_loader(tmp_path):
 def test_mmengine_fetches_registry_urls_through_the_zoo(mirror):
     """mmdet's Swin-T backbone (the baseline configs) loads through mmengine's CheckpointLoader,
     which the package points at the registry for its URLs."""
-    import tinyvit_backbone  # noqa: F401  (registers the scheme)
     from mmengine.runner import CheckpointLoader
+
+    import tinyvit_backbone  # noqa: F401  (registers the scheme)
 
     url = zoo.BASELINES["swin_tiny_patch4_window7_224"].official_url
     ckpt = CheckpointLoader.load_checkpoint(url, map_location="cpu")
@@ -392,3 +414,83 @@ def test_hub_tag_resolves_from_a_prepopulated_cache_offline(served, tmp_path):
     assert "is damaged" in out[damaged_tag] and str(blob) in out[damaged_tag]
     assert "HF_HUB_OFFLINE=1" in out[missing]
     assert f"https://huggingface.co/{missing}/resolve/main/model.safetensors" in out[missing]
+
+
+class _FakeHub(http.server.BaseHTTPRequestHandler):
+    """The two calls huggingface_hub makes for a file (HEAD for its commit, SHA-256 and size,
+    then GET), for the files in ``server.files``; everything else is an unknown entry."""
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self, body: bool):
+        self.server.hits.append((self.command, self.path))
+        data = self.server.files.get(self.path)
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", "f" * 40)
+        self.send_header("X-Linked-Etag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def do_HEAD(self):
+        self._answer(body=False)
+
+    def do_GET(self):
+        self._answer(body=True)
+
+
+_ONLINE_SCRIPT = """
+import json, os, sys
+from tinyvit_backbone.backbone import TinyViT
+from tinyvit_backbone.weights import resolve_weights
+arch = json.loads(sys.argv[2])
+out = []
+for attempt in range(3):
+    if attempt == 2:  # damage the cached blob: the next load must fetch it again
+        blob = os.path.realpath(resolve_weights(sys.argv[1]).path)
+        with open(blob, 'r+b') as f:
+            f.seek(-1, 2)
+            last = f.read(1)
+            f.seek(-1, 2)
+            f.write(bytes([last[0] ^ 1]))
+    model = TinyViT(arch=arch, pretrained=sys.argv[1])
+    model.init_weights()
+    out.append(float(model.stages[1].blocks[0].attn.attention_biases.detach().sum()))
+print(json.dumps(out))
+"""
+
+
+def test_hub_tag_is_downloaded_once_into_the_hf_cache_and_refetched_when_damaged(served, tmp_path):
+    from safetensors.torch import save
+
+    _, _, tiny = served
+    data = save({k: v.contiguous() for k, v in tiny.state_dict().items()})
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
+    hub.hits, hub.files = [], {"/timm/tiny_test/resolve/main/model.safetensors": data}
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{hub.server_address[1]}",
+               HF_HUB_CACHE=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1",
+               NO_PROXY="127.0.0.1,localhost", PYTHONPATH=str(ROOT))
+    try:
+        run = subprocess.run([sys.executable, "-c", _ONLINE_SCRIPT, "timm/tiny_test",
+                              json.dumps(TINY)], capture_output=True, text=True, env=env,
+                             timeout=300)
+    finally:
+        hub.shutdown()
+        hub.server_close()
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected = float(tiny.stages[1].blocks[0].attn.attention_biases.detach().sum())
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == pytest.approx([expected] * 3)
+    gets = [path for method, path in hub.hits if method == "GET"]
+    assert gets == ["/timm/tiny_test/resolve/main/model.safetensors"] * 2  # first use + damaged
+    log = run.stdout + run.stderr  # mmengine's logger prints to stdout
+    assert "does not match" in log and "fetching it again" in log
+    assert list((tmp_path / "hf").glob("models--timm--tiny_test/snapshots/*/model.safetensors"))

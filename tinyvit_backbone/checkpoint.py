@@ -50,7 +50,13 @@ from dataclasses import dataclass, field
 import torch
 
 from .safe_load import torch_load
-from .weights import CheckpointError, Weights, entry_of, resolve_weights
+from .weights import (  # noqa: F401  (CheckpointError is re-exported: the loader's one error)
+    CheckpointError,
+    Spec,
+    Weights,
+    entry_of,
+    resolve_weights,
+)
 from .zoo import ZooEntry, suggest
 
 logger = logging.getLogger(__name__)
@@ -58,11 +64,6 @@ logger = logging.getLogger(__name__)
 CLASSIFIER_PREFIXES = ("head.", "norm_head.")
 CLASSIFIER_POLICIES = ("drop", "strict", "reinit")
 Log = Callable[[str], None]
-
-__all__ = ["CheckpointError", "LoadResult", "backbone_state_dict", "fit_state_dict",
-           "load_checkpoint_file", "load_pretrained", "official_to_timm", "read_weights",
-           "timm_to_official", "tinyvit_arch_of", "unwrap_state_dict"]
-
 
 # --------------------------------------------------------------------------- reading files
 def load_checkpoint_file(path: str | os.PathLike) -> dict:
@@ -382,7 +383,7 @@ def _short(items: list[str], limit: int = 8) -> str:
 
 
 # --------------------------------------------------------------------------- the loader
-def read_weights(weights: str | os.PathLike, *, progress: bool | None = None,
+def read_weights(weights: Spec, *, progress: bool | None = None,
                  log: Log | None = None) -> tuple[dict[str, torch.Tensor], Weights]:
     """Resolve ``weights`` (name / URL / hub tag / path), read and unwrap the file; returns its
     tensors in the file's own names and the resolved :class:`~tinyvit_backbone.weights.Weights`."""
@@ -424,7 +425,7 @@ def _fitted(weights, model_sd, *, classifier, classifier_prefixes, optional_pref
 
 
 def backbone_state_dict(
-    path: str | os.PathLike,
+    path: Spec,
     model_sd: Mapping[str, torch.Tensor],
     optional_prefixes: tuple[str, ...] = (),
     log: Log | None = None,
@@ -461,7 +462,7 @@ def _classifier_prefixes(model: torch.nn.Module, tinyvit: bool) -> tuple[str, ..
 
 def load_pretrained(
     model: torch.nn.Module,
-    weights: str | os.PathLike,
+    weights: Spec,
     *,
     classifier: str = "drop",
     optional_prefixes: Sequence[str] = (),

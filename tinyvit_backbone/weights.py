@@ -5,23 +5,24 @@ Specs, in the order they are recognised (:func:`classify`):
 * ``http://`` / ``https://`` URL: downloaded once into torch.hub's cache,
   ``<torch.hub.get_dir()>/checkpoints/<file name>`` (``$TORCH_HOME/hub/checkpoints``), the
   folder mmengine and torch.hub use, so a file fetched by either is found here and vice versa;
-* ``hf-hub:<org>/<repo>``, or ``timm/<model>.<tag>`` when no such local path exists: fetched by
-  huggingface_hub into its cache (``HF_HOME`` / ``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads
-  only the cache, ``HF_ENDPOINT`` selects a mirror); ``model.safetensors``, else
-  ``pytorch_model.bin``, as timm does;
+  an official URL of the registry is fetched from the mirror ``TINYVIT_ZOO_MIRROR`` names;
+* ``hf-hub:<org>/<repo>``: fetched by huggingface_hub into its cache (``HF_HOME`` /
+  ``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads only the cache, ``HF_ENDPOINT`` selects a
+  mirror); ``model.safetensors``, else ``pytorch_model.bin``, as timm does;
 * an existing local file: used as is;
 * a registry name (:mod:`tinyvit_backbone.zoo`, e.g. ``tiny_vit_21m_22kto1k_distill``): its
-  official URL, or the same file on the mirror ``TINYVIT_ZOO_MIRROR`` names.
+  official URL, as above;
+* ``timm/<model>.<tag>``: a hub tag, as ``hf-hub:`` (a relative path of that name wins).
 
 Integrity. A URL download streams into a temporary file in the cache folder, with a progress
 bar, and is renamed only once complete (a length short of ``Content-Length`` is refused), so an
 interrupted download never looks complete. Its size and SHA-256 are then recorded next to it in
-``<file>.record.json`` (``{"url", "name", "size", "sha256", "recorded"}``) and checked on every later
-use: a truncated or altered file is refused, logged, and fetched again. A file placed in the
-cache by hand (offline machines) or by another tool has no record yet: it is recorded on first
-use. Hugging Face stores large files under their SHA-256 (``blobs/<sha256>``); that name is the
-record checked on every use. Processes that resolve the same URL at once (torchrun ranks) take
-a file lock, so one downloads and the others reuse its file.
+``<file>.record.json`` (``{"url", "name", "size", "sha256", "recorded"}``) and checked on every
+later use, by URL, name or path: a truncated or altered file is refused, logged, and fetched
+again. A file placed in the cache by hand (offline machines) or by another tool has no record
+yet: it is recorded on first use. Hugging Face stores large files under their SHA-256
+(``blobs/<sha256>``); that name is the record checked on every use. Processes that resolve the
+same URL at once (torchrun ranks) take a file lock, so one downloads and the others reuse it.
 """
 from __future__ import annotations
 
@@ -129,8 +130,19 @@ def resolve_weights(spec: Spec, *, progress: bool | None = None,
         return Weights(text, kind, source, path, entry, digest)
     if not os.path.isfile(text):
         raise WeightsNotFoundError(_not_found_message(text))
-    digest = _check_recorded_file(text, log) if os.path.isfile(text + RECORD_SUFFIX) else None
-    return Weights(text, "path", text, text, entry, digest)
+    record = _read_record(text)
+    if record is None:
+        return Weights(text, "path", text, text, entry, None)
+    # A download given by its path (a result or manifest recorded it): checked like a URL.
+    url = record.get("url")
+    if url and os.path.abspath(text) == os.path.abspath(cache_path(url)):
+        _, digest = fetch_url(url, entry=entry, progress=progress, log=log)
+        return Weights(text, "path", text, text, entry, digest)
+    problem = _verify(text, record)
+    if problem is not None:
+        raise CheckpointError(f"{text} failed its check ({problem}): delete it and its "
+                              f"{RECORD_SUFFIX}, then fetch it again from {url or 'its source'}")
+    return Weights(text, "path", text, text, entry, record["sha256"])
 
 
 def _not_found_message(text: str) -> str:
@@ -232,7 +244,8 @@ def _interrupted_message(url, got, total, why) -> str:
 
 
 def _manual_hint(url: str, dest: str, entry: ZooEntry | None) -> str:
-    hint = (f" Without network access, download {url} elsewhere and put the file at {dest}: "
+    source = entry.official_url if entry is not None else url
+    hint = (f" Without network access, download {source} elsewhere and put the file at {dest}: "
             "it is picked up from there without a download.")
     if entry is not None:
         hint += (f" Behind a proxy or firewall, set {zoo.MIRROR_ENV} to a server holding "
@@ -289,17 +302,6 @@ def _verify(path: str, record: dict) -> str | None:
     if digest != record["sha256"]:
         return f"sha256 {digest[:16]}..., recorded {record['sha256'][:16]}...: altered"
     return None
-
-
-def _check_recorded_file(path: str, log: Log) -> str:
-    """A cached file given as a path: it must still match its record."""
-    record = _read_record(path)
-    problem = _verify(path, record)
-    if problem is not None:
-        source = record.get("url", "its URL")
-        raise CheckpointError(f"{path} failed its check ({problem}): delete it and pass {source} "
-                              "(or its registry name) to fetch it again")
-    return record["sha256"]
 
 
 def _recorded_entry(path: str) -> ZooEntry | None:
@@ -388,7 +390,8 @@ def load_from_zoo(filename: str, map_location=None) -> dict:
 
 def register_mmengine_scheme() -> None:
     """Route every official base URL of the registry through :func:`load_from_zoo`
-    (idempotent; mmengine picks the longest matching prefix, so other URLs are unaffected)."""
+    (idempotent). mmengine tries its prefixes in reverse sorted order, so these come before its
+    generic ``https://`` loader, and other URLs are unaffected."""
     from mmengine.runner import CheckpointLoader
 
     # mmengine matches prefixes as regular expressions
