@@ -68,9 +68,16 @@ class ModelSpec:
             self.arch = "21m"
         if self.weights is not None:
             # A registry name, URL or hub tag becomes its verified file in the caches (fetched
-            # once); a missing file is a FileNotFoundError naming the accepted forms.
-            from tinyvit_backbone.weights import resolve_weights
-            self.weights = resolve_weights(self.weights).path
+            # once), so the digest and the loader below see a local file.
+            from tinyvit_backbone.weights import WeightsNotFoundError, resolve_weights
+            try:
+                self.weights = resolve_weights(self.weights).path
+            except WeightsNotFoundError:
+                raise FileNotFoundError(
+                    f"--weights {self.weights!r}: no such file. Give a checkpoint file (.pth / "
+                    ".safetensors), a registry name (python -m tinyvit_backbone.weights list), "
+                    "an http(s) URL or a timm/... hub tag, or leave --weights out for a "
+                    "randomly initialised model.") from None
 
     @property
     def kind(self) -> str:
