@@ -2,7 +2,7 @@
 # setting: Swin-T: 46.0 box / 41.6 mask AP. Drop path as in TinyViT's IN-1k training (5M 0.0, 11M 0.1, 21M 0.2).
 _base_ = './_base_/mask_rcnn_tinyvit_fpn_ms_3x.py'
 
-pretrained = 'checkpoints/tiny_vit_21m_22kto1k_distill.pth'
+pretrained = 'https://github.com/wkcn/TinyViT-model-zoo/releases/download/checkpoints/tiny_vit_21m_22kto1k_distill.pth'  # noqa
 model = dict(
     backbone=dict(arch='21m', drop_path_rate=0.2, init_cfg=dict(checkpoint=pretrained)),
     neck=dict(in_channels=[96, 192, 384, 576]))

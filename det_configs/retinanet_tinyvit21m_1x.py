@@ -4,7 +4,7 @@
 _base_ = 'mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py'
 
 custom_imports = dict(imports=['tinyvit_backbone'], allow_failed_imports=False)
-pretrained = 'checkpoints/tiny_vit_21m_22kto1k_distill.pth'
+pretrained = 'https://github.com/wkcn/TinyViT-model-zoo/releases/download/checkpoints/tiny_vit_21m_22kto1k_distill.pth'  # noqa
 model = dict(
     backbone=dict(
         _delete_=True,

@@ -66,10 +66,18 @@ class ModelSpec:
                              f"got {self.model!r}")
         if self.model == "tinyvit" and self.arch is None:
             self.arch = "21m"
-        if self.weights is not None and not os.path.isfile(self.weights):
-            raise FileNotFoundError(f"--weights {self.weights!r}: no such file. Give the path of a "
-                                    "checkpoint (.pth / .safetensors), or leave --weights out for "
-                                    "a randomly initialised model.")
+        if self.weights is not None:
+            # A registry name, URL or hub tag becomes its verified file in the caches (fetched
+            # once), so the digest and the loader below see a local file.
+            from tinyvit_backbone.weights import WeightsNotFoundError, resolve_weights
+            try:
+                self.weights = resolve_weights(self.weights).path
+            except WeightsNotFoundError:
+                raise FileNotFoundError(
+                    f"--weights {self.weights!r}: no such file. Give a checkpoint file (.pth / "
+                    ".safetensors), a registry name (python -m tinyvit_backbone.weights list), "
+                    "an http(s) URL or a timm/... hub tag, or leave --weights out for a "
+                    "randomly initialised model.") from None
 
     @property
     def kind(self) -> str:
@@ -133,22 +141,8 @@ class ModelSpec:
 
 # --------------------------------------------------------------------------- building
 def _load_timm_weights(net: nn.Module, path: str) -> None:
-    from tinyvit_backbone.checkpoint import CheckpointError, load_checkpoint_file, unwrap_state_dict
-    sd = unwrap_state_dict(load_checkpoint_file(path), path)
-    model_sd = net.state_dict()
-    classifier = (getattr(net, "pretrained_cfg", None) or {}).get("classifier") or "head"
-    classifiers = classifier if isinstance(classifier, (list, tuple)) else [classifier]
-    sd = {k: v for k, v in sd.items()
-          if k in model_sd or not any(k.startswith(c + ".") or k == c for c in classifiers)}
-    missing = sorted(set(model_sd) - set(sd) - {k for k in model_sd if k.endswith("num_batches_tracked")})
-    unexpected = sorted(set(sd) - set(model_sd))
-    shapes = sorted(k for k in set(sd) & set(model_sd) if sd[k].shape != model_sd[k].shape)
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"{path} does not fit timm model {type(net).__name__}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, mis-shaped {shapes[:5]}. Check the model name and "
-            "that the file holds that model's timm-layout state dict.")
-    net.load_state_dict(sd, strict=False)
+    from tinyvit_backbone.checkpoint import load_pretrained
+    load_pretrained(net, path, classifier="drop")
 
 
 def build_network(spec: ModelSpec) -> nn.Module:

@@ -5,7 +5,7 @@
 _base_ = 'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py'
 
 custom_imports = dict(imports=['tinyvit_backbone'], allow_failed_imports=False)
-pretrained = 'checkpoints/tiny_vit_21m_22kto1k_distill.pth'
+pretrained = 'https://github.com/wkcn/TinyViT-model-zoo/releases/download/checkpoints/tiny_vit_21m_22kto1k_distill.pth'  # noqa
 model = dict(
     pretrained=None,
     backbone=dict(

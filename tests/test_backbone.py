@@ -205,8 +205,11 @@ def test_malformed_checkpoints_give_clear_errors(timm_5m, tmp_path):
     junk.write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="safetensors"):
         backbone_state_dict(junk, target)
-    with pytest.raises(CheckpointError, match="shape mismatches.*arch"):
+    with pytest.raises(CheckpointError, match=r"holds TinyViT-5M.*the model TinyViT-11M.*`arch`"):
         backbone_state_dict(_save(sd5, tmp_path / "5m.pth"), TinyViT(arch="11m").state_dict())
+    odd = dict(sd5, **{"stages.1.blocks.0.mlp.fc1.bias": torch.zeros(3)})
+    with pytest.raises(CheckpointError, match=r"shape mismatches: stages.1.blocks.0.mlp.fc1.bias"):
+        backbone_state_dict(_save(odd, tmp_path / "odd.pth"), target)
     extra = dict(sd5, **{"stages.1.blocks.0.extra.weight": torch.zeros(1)})
     with pytest.raises(CheckpointError, match="unexpected keys: stages.1.blocks.0.extra.weight"):
         backbone_state_dict(_save(extra, tmp_path / "extra.pth"), target)

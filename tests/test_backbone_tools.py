@@ -1,4 +1,6 @@
 """Converter CLI, layer-decay optimizer constructor, fast inference path."""
+import json
+
 import timm
 import torch
 import torch.nn as nn
@@ -24,7 +26,7 @@ def test_converter_writes_timm_and_openmmlab_files(tmp_path, capsys):
     model, official = _official_file(tmp_path)
     out = tmp_path / "out" / "tiny_vit_5m.safetensors"
     assert convert_main([str(official), str(out)]) == 0
-    assert "wrote" in capsys.readouterr().out
+    assert json.loads(capsys.readouterr().out)["wrote"] == str(out)
     # timm loads it as its own pretrained file, classifier included
     loaded = timm.create_model("tiny_vit_5m_224", pretrained=True,
                                pretrained_cfg_overlay=dict(file=str(out))).eval()

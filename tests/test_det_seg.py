@@ -31,7 +31,8 @@ def _build(cfg):
 
 def test_the_suite_has_the_promised_configs():
     names = {os.path.basename(p) for p in DET_CONFIGS + SEG_CONFIGS}
-    for expected in ["cascade_tinyvit21m.py", "cascade_tinyvit21m_3x.py", "cascade_swin-t_1x.py",
+    for expected in ["cascade_tinyvit21m.py", "cascade_tinyvit21m_in1k.py",
+                     "cascade_tinyvit21m_3x.py", "cascade_swin-t_1x.py",
                      "retinanet_tinyvit21m_1x.py", "fpn_tinyvit21m_4xb4_80k_ade20k_512x512.py"]:
         assert expected in names
     for size in ("5m", "11m", "21m"):
@@ -53,23 +54,6 @@ def test_config_parses_and_builds_its_model(path):
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys["attention_biases"]["decay_mult"] == 0.0
 
 
-def test_cascade_mirrors_swin_1x_setting():
-    cfg = Config.fromfile(str(ROOT / "det_configs" / "cascade_tinyvit21m.py"))
-    swin = Config.fromfile(str(ROOT / "det_configs" / "cascade_swin-t_1x.py"))
-    for c in (cfg, swin):
-        assert c.train_cfg.max_epochs == 12
-        assert c.param_scheduler[1].milestones == [8, 11]
-        assert c.optim_wrapper.optimizer.type == "AdamW" and c.optim_wrapper.optimizer.lr == 1e-4
-        assert c.optim_wrapper.optimizer.weight_decay == 0.05
-        heads = c.model.roi_head.bbox_head
-        assert len(heads) == 3 and all(h.num_shared_convs == 4 and h.num_shared_fcs == 1
-                                       and h.loss_bbox.type == "GIoULoss" for h in heads)
-        choice = next(t for t in c.train_dataloader.dataset.pipeline if t.type == "RandomChoice")
-        scales = choice.transforms[0][0].scales
-        assert min(s[0] for s in scales) == 480 and max(s[0] for s in scales) == 800
-    assert cfg.model.backbone.drop_path_rate == 0.2 and cfg.model.backbone.arch == "21m"
-
-
 @pytest.mark.parametrize("path", DET_CONFIGS + SEG_CONFIGS, ids=os.path.basename)
 def test_overlay_adapts_every_config(path, tmp_path):
     cfg = apply_overlay(Config.fromfile(path), str(tmp_path), iters=3, image_size=64)
@@ -88,6 +72,18 @@ def test_overlay_adapts_every_config(path, tmp_path):
             stack.extend(node)
     assert found and set(found) == {n}
     assert cfg.train_cfg.max_iters == 3
+
+
+def test_overlay_weights_choice(tmp_path):
+    cfg = Config.fromfile(str(ROOT / "det_configs/cascade_tinyvit21m.py"))
+    kept = apply_overlay(cfg, str(tmp_path), iters=1, keep_weights=True)
+    assert kept.model.backbone.init_cfg == cfg.model.backbone.init_cfg
+    assert kept.optim_wrapper.type == "OptimWrapper"  # mmengine's AMP wrapper needs a GPU
+    chosen = apply_overlay(cfg, str(tmp_path), iters=1, backbone_checkpoint="tiny_vit_21m_1k")
+    assert chosen.model.backbone.init_cfg.checkpoint == "tiny_vit_21m_1k"
+    swin = apply_overlay(Config.fromfile(str(ROOT / "det_configs/cascade_swin-t_1x.py")),
+                         str(tmp_path), iters=1, keep_weights=True)
+    assert swin.model.backbone.init_cfg.checkpoint.endswith("swin_tiny_patch4_window7_224.pth")
 
 
 def test_overlay_arch_rewires_channels(tmp_path):
@@ -186,3 +182,58 @@ def test_mim_train_runs_an_overlay_config(tmp_path):
                          cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "mIoU" in json.dumps(_last_metrics(tmp_path / "wd"))
+
+
+@pytest.mark.slow
+def test_mim_train_cascade_fetches_its_weights_over_http(tmp_path):
+    """`mim train mmdet` of det_configs/cascade_tinyvit21m.py through the embedded overlay, with
+    the registry pointed at a server on 127.0.0.1: the config's own TinyViT-21M weights (its
+    official URL) are downloaded once into torch.hub's cache and loaded; no step by hand."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    import timm
+    import torch
+
+    from tinyvit_backbone.checkpoint import timm_to_official
+
+    from .test_weights import _Handler
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    torch.manual_seed(0)
+    ref = timm.create_model("tiny_vit_21m_224", num_classes=1000)
+    name = "tiny_vit_21m_22kto1k_distill.pth"
+    torch.save({"model": timm_to_official(ref.state_dict())}, mirror / name)
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Handler, directory=str(mirror)))
+    httpd.hits, httpd.cut = [], set()
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        scenes = tmp_path / "scenes"
+        generate(str(scenes), SceneSettings(num_train=2, num_val=1, image_size=64))
+        config = tmp_path / "cascade_embedded.py"
+        env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_HOME=str(tmp_path / "torch"),
+                   TINYVIT_ZOO_MIRROR=f"http://127.0.0.1:{httpd.server_address[1]}",
+                   NO_PROXY="127.0.0.1,localhost")
+        subprocess.run([sys.executable, "-m", "tinyvit_backbone.embedded.overlay",
+                        str(ROOT / "det_configs/cascade_tinyvit21m.py"), "--data-root",
+                        str(scenes), "--iters", "1", "--image-size", "64", "--batch-size", "1",
+                        "--keep-weights", "--out", str(config)], check=True, cwd=tmp_path, env=env)
+        assert "releases/download/checkpoints/" + name in config.read_text()
+        mim = shutil.which("mim", path=os.path.dirname(sys.executable))
+        out = subprocess.run([mim, "train", "mmdet", str(config), "--gpus", "0", "--work-dir",
+                              str(tmp_path / "wd")], capture_output=True, text=True, timeout=900,
+                             cwd=tmp_path, env=env)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert httpd.hits == ["/" + name]
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / name
+    assert cached.is_file() and (tmp_path / "torch/hub/checkpoints" / (name + ".record.json")).is_file()
+    assert "TinyViT: loaded" in log and str(cached) in log
+    assert "coco/bbox_mAP" in json.dumps(_last_metrics(tmp_path / "wd"))

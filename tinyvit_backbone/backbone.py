@@ -23,7 +23,7 @@ from mmengine.model import BaseModule
 from timm.layers import LayerNorm2d
 from timm.models.tiny_vit import TinyVit
 
-from .checkpoint import backbone_state_dict
+from .checkpoint import load_pretrained as _load_pretrained
 
 # Official variants (Wu et al. 2022, Table 1; microsoft/Cream). Window sizes are for 224 inputs;
 # stage 0 is MBConv, so its window is unused (kept for a uniform 4-entry list).
@@ -111,9 +111,12 @@ class TinyViT(BaseModule):
         drop_path_rate: stochastic depth, linearly increasing over all blocks.
         out_norms: add a LayerNorm on each returned map (like Swin's ``norm{i}``); new
             parameters, initialised to identity, named ``norm{i}``.
-        pretrained: a checkpoint path (shorthand for ``init_cfg=dict(type='Pretrained', ...)``).
-        init_cfg: ``dict(type='Pretrained', checkpoint=path)`` loads official, timm or
-            OpenMMLab weights (see :mod:`tinyvit_backbone.checkpoint`).
+        pretrained: weights to load (shorthand for ``init_cfg=dict(type='Pretrained', ...)``).
+        init_cfg: ``dict(type='Pretrained', checkpoint=SPEC)``: a registry name (e.g.
+            ``'tiny_vit_21m_22kto1k_distill'``), an http(s) URL, a ``timm/...`` hub tag or a
+            path, in the official, timm or OpenMMLab layout (see
+            :mod:`tinyvit_backbone.checkpoint`). A registry checkpoint of another arch is
+            refused before it is downloaded.
     """
 
     def __init__(
@@ -202,7 +205,8 @@ class TinyViT(BaseModule):
     # ------------------------------------------------------------------ weights
     def init_weights(self) -> None:
         """timm's initialisation ran at construction; a ``Pretrained`` init_cfg loads weights
-        in any supported layout (official / timm / OpenMMLab), resizing attention biases."""
+        from any spec (registry name, URL, hub tag, path) in any layout (official / timm /
+        OpenMMLab), resizing attention biases to this model's windows."""
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get("type") == "Pretrained":
             self.load_pretrained(cfg["checkpoint"])
@@ -210,14 +214,15 @@ class TinyViT(BaseModule):
         else:
             super().init_weights()
 
-    def load_pretrained(self, path: str) -> None:
+    def load_pretrained(self, weights: str) -> None:
+        """Load ``weights`` through :func:`tinyvit_backbone.checkpoint.load_pretrained` (the
+        output norms ``norm{i}`` may be absent: they keep their identity init)."""
         logger = MMLogger.get_current_instance()
-        state = backbone_state_dict(path, self.state_dict(), optional_prefixes=("norm",),
-                                    log=lambda msg: print_log(msg, logger=logger))
-        missing, _ = self.load_state_dict(state, strict=False)
-        print_log(f"TinyViT: loaded {len(state)} tensors from {path}"
-                  + (f"; newly initialised: {sorted({k.rsplit('.', 1)[0] for k in missing})}"
-                     if missing else ""), logger=logger)
+        result = _load_pretrained(self, weights, optional_prefixes=("norm",),
+                                  log=lambda msg: print_log(msg, logger=logger))
+        fresh = sorted({k.rsplit(".", 1)[0] for k in result.newly_initialised})
+        print_log(f"TinyViT: loaded {result.loaded} tensors from {result.weights.describe()}"
+                  + (f"; newly initialised: {fresh}" if fresh else ""), logger=logger)
 
     # ------------------------------------------------------------------ timm-style hooks
     @torch.jit.ignore

@@ -1,7 +1,11 @@
 """Convert TinyViT checkpoints between layouts.
 
-    tinyvit-convert tiny_vit_21m_22kto1k_distill.pth tinyvit21m_timm.safetensors
+    tinyvit-convert tiny_vit_21m_22kto1k_distill tinyvit21m_timm.safetensors
     tinyvit-convert tiny_vit_21m_22kto1k_distill.pth tinyvit21m_mm.pth --to openmmlab
+    tinyvit-convert timm/tiny_vit_5m_224.in1k tinyvit5m_mm.pth --to openmmlab
+
+The source is any weights spec (:mod:`tinyvit_backbone.weights`): a registry name or URL
+(downloaded once into torch.hub's cache), a ``timm/...`` hub tag, or a local file.
 
 ``--to timm`` (default) writes timm's names with the classifier kept, loadable by
 ``timm.create_model('tiny_vit_21m_224', pretrained=True,
@@ -24,27 +28,30 @@ from .checkpoint import (
     CLASSIFIER_PREFIXES,
     CheckpointError,
     is_official_layout,
-    load_checkpoint_file,
-    official_to_timm,
-    unwrap_state_dict,
+    read_weights,
+    to_timm_names,
 )
+from .cli import emit_json, error
 from .files import atomic_torch_save, atomic_write_bytes
 
 
-def convert(src: str, dst: str, to: str = "timm") -> dict[str, torch.Tensor]:
-    """Convert ``src`` (official, timm or OpenMMLab layout) to ``dst``; return what was written."""
+def convert(src: str, dst: str, to: str = "timm", progress: bool | None = None
+            ) -> dict[str, torch.Tensor]:
+    """Convert ``src`` (any spec, official / timm / OpenMMLab layout) to ``dst``; return what
+    was written."""
     if to not in ("timm", "openmmlab"):
         raise ValueError(f"--to must be 'timm' or 'openmmlab', got {to!r}")
-    sd = unwrap_state_dict(load_checkpoint_file(src), src)
+    log = logging.getLogger(__name__).info
+    sd, weights = read_weights(src, progress=progress, log=log)
     layout = "official" if is_official_layout(sd) else "timm"
-    if layout == "official":
-        sd = official_to_timm(sd)
+    sd = to_timm_names(sd, weights.describe(), log)
     if not any(k.startswith("stages.") for k in sd):
         raise CheckpointError(f"{src}: no TinyViT weights found (no 'layers.*' or 'stages.*' keys)")
     sd = {k: v.contiguous() for k, v in sd.items()}
     if to == "openmmlab":
         sd = {f"backbone.{k}": v for k, v in sd.items() if not k.startswith(CLASSIFIER_PREFIXES)}
-        payload = dict(state_dict=sd, meta=dict(source=os.path.basename(src), layout=layout))
+        payload = dict(state_dict=sd, meta=dict(source=os.path.basename(weights.source),
+                                                layout=layout, sha256=weights.sha256))
     else:
         payload = sd
     _atomic_save(payload, dst)
@@ -62,17 +69,19 @@ def _atomic_save(payload, dst: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tinyvit-convert", description=__doc__.split("\n")[0])
-    parser.add_argument("src", help="checkpoint to read (.pth / .safetensors, any layout)")
+    parser.add_argument("src", help="weights to read: a registry name, an http(s) URL, a "
+                                    "timm/... hub tag or a file (.pth / .safetensors, any layout)")
     parser.add_argument("dst", help="file to write (.safetensors or .pth)")
     parser.add_argument("--to", default="timm", choices=["timm", "openmmlab"])
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="download progress bar (default on)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        sd = convert(args.src, args.dst, args.to)
+        sd = convert(args.src, args.dst, args.to, progress=args.progress)
     except CheckpointError as err:
-        print(f"tinyvit-convert: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.dst}: {len(sd)} tensors in {args.to} layout")
+        return error(str(err))
+    emit_json(dict(wrote=args.dst, tensors=len(sd), layout=args.to, source=args.src))
     return 0
 
 

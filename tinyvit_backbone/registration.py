@@ -11,6 +11,13 @@ What is registered are small builder functions (mmengine registries accept funct
 import the backbone (torch, timm, mmengine.model) only when a config builds one, so
 ``import tinyvit_backbone`` costs ``mmengine.registry`` (about 0.3 s) instead of the whole
 detection stack.
+
+Two more hooks serve whole runs, not only TinyViT: mmengine's checkpoint loader fetches the
+model zoo's URLs through :mod:`tinyvit_backbone.weights` (mirror, size and sha256 checks, e.g.
+for a Swin-T baseline's ``init_cfg``), and ``torch.load(weights_only=True)`` is allowed to read
+mmengine's own checkpoints (``resume``). Both need torch; they are installed right away when the
+importer has loaded mmengine's runner already (as mmdet's and mmseg's train scripts have when
+they read ``custom_imports``), and otherwise when the first TinyViT is built.
 """
 from __future__ import annotations
 
@@ -23,9 +30,8 @@ CONSTRUCTOR_NAME = "TinyViTLayerDecayOptimizerConstructor"
 def build_tinyvit_backbone(*args, **kwargs):
     """Build :class:`tinyvit_backbone.backbone.TinyViT` (what ``type='TinyViT'`` calls)."""
     from .backbone import TinyViT
-    from .safe_load import register_mmengine_safe_globals
 
-    register_mmengine_safe_globals()  # so resuming this run can read mmengine's checkpoints
+    install_run_hooks()
     return TinyViT(*args, **kwargs)
 
 
@@ -40,17 +46,23 @@ build_tinyvit_backbone.__name__ = BACKBONE_NAME
 build_layer_decay_constructor.__name__ = CONSTRUCTOR_NAME
 
 
+def install_run_hooks() -> None:
+    """The zoo's URL scheme in mmengine's checkpoint loader and mmengine's checkpoint types in
+    torch's ``weights_only`` allow-list (idempotent)."""
+    from .safe_load import register_mmengine_safe_globals
+    from .weights import register_mmengine_scheme
+
+    register_mmengine_safe_globals()
+    register_mmengine_scheme()
+
+
 def register_all() -> None:
-    """Register both builders in mmengine's root registries (idempotent). When torch is
-    already loaded (as under mmdet's and mmseg's train scripts), also allow-list mmengine's
-    checkpoint types for ``torch.load(weights_only=True)``, so ``resume`` works for any model
-    of the run; otherwise that happens when the first TinyViT is built."""
+    """Register both builders in mmengine's root registries (idempotent), and the run hooks
+    when mmengine's runner is loaded already (module docstring)."""
     from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
     MODELS.register_module(name=BACKBONE_NAME, module=build_tinyvit_backbone, force=True)
     OPTIM_WRAPPER_CONSTRUCTORS.register_module(name=CONSTRUCTOR_NAME,
                                                module=build_layer_decay_constructor, force=True)
-    if "torch" in sys.modules:
-        from .safe_load import register_mmengine_safe_globals
-
-        register_mmengine_safe_globals()
+    if "mmengine.runner" in sys.modules:
+        install_run_hooks()

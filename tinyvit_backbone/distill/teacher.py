@@ -1,4 +1,4 @@
-"""The teacher: any timm model, by name, with weights from a local checkpoint file.
+"""The teacher: any timm model, by name, with weights from a file, registry name, URL or hub tag.
 
 The teacher may expect other input statistics than the data pipeline produces (e.g. CLIP's
 mean / std while the student uses ImageNet's): :class:`Teacher` re-normalises its input, so the
@@ -80,20 +80,27 @@ def load_teacher(name: str, checkpoint: str, num_classes: int, *, model_kwargs: 
     Returns the teacher and its manifest entry (model, kwargs, checkpoint path and SHA-256,
     mean / std, number of classes). ``expected_sha256`` refuses a checkpoint whose bytes changed.
     """
-    from timm.models import load_checkpoint
+    from ..checkpoint import CheckpointError, load_pretrained
+    from ..weights import WeightsNotFoundError, resolve_weights
 
-    if not os.path.isfile(checkpoint):
-        raise DistillError(f"teacher checkpoint {checkpoint!r} not found: pass the local weights "
-                           "file of the teacher (.pth / .pt / .safetensors)")
-    digest = sha256_file(checkpoint)
+    try:  # a registry name, URL or hub tag becomes its verified file in the caches
+        weights = resolve_weights(checkpoint)
+    except WeightsNotFoundError:
+        raise DistillError(f"teacher checkpoint {checkpoint!r} not found: pass the teacher's "
+                           "weights file (.pth / .pt / .safetensors), a registry name, an "
+                           "http(s) URL or a timm/... hub tag") from None
+    except CheckpointError as err:
+        raise DistillError(f"teacher checkpoint: {err}") from None
+    checkpoint = weights.path
+    digest = weights.sha256 or sha256_file(checkpoint)
     if expected_sha256 is not None and digest != expected_sha256:
         raise DistillError(f"teacher checkpoint {checkpoint!r} has SHA-256 {digest[:16]}..., the "
                            f"store was written with {expected_sha256[:16]}...: pass the checkpoint "
                            "the store was written with")
     model = create_timm_model(name, num_classes, model_kwargs)
     try:
-        load_checkpoint(model, checkpoint, strict=True)
-    except (RuntimeError, KeyError) as err:
+        load_pretrained(model, weights, classifier="strict")
+    except CheckpointError as err:
         first = str(err).strip().splitlines()[0][:300]
         raise DistillError(f"teacher checkpoint {checkpoint!r} does not fit timm model {name!r} "
                            f"with {num_classes} classes ({first}); pass the architecture and "

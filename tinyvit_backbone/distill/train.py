@@ -105,27 +105,15 @@ def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, *, batch_
 
 
 def load_weights(model: nn.Module, path: str) -> list[str]:
-    """Load a classifier state dict (timm layout, .pth or .safetensors); a head whose shape
-    differs (another number of classes) is left freshly initialised. Returns the skipped keys."""
-    from timm.models import load_state_dict
+    """Load classifier weights (registry name, URL, hub tag or file; official, timm or
+    OpenMMLab layout) through the one loader; a head whose shape differs (another number of
+    classes) is left freshly initialised. Returns the skipped keys."""
+    from ..checkpoint import CheckpointError, load_pretrained
 
-    if not os.path.isfile(path):
-        raise DistillError(f"weights file {path!r} not found")
-    state = load_state_dict(path)
-    own = model.state_dict()
-    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if any(not k.startswith("head") for k in skipped):
-        raise DistillError(f"{path!r} does not fit this model: shapes differ for "
-                           f"{[k for k in skipped if not k.startswith('head')][:5]}; pass the "
-                           "arch the weights were trained with")
-    for k in skipped:
-        state.pop(k)
-    result = model.load_state_dict(state, strict=False)
-    bad = [k for k in result.missing_keys if not k.startswith("head")] + list(result.unexpected_keys)
-    if bad:
-        raise DistillError(f"{path!r} does not fit this model (missing / unexpected keys "
-                           f"{bad[:5]}); pass the arch the weights were trained with")
-    return skipped
+    try:
+        return load_pretrained(model, path, classifier="reinit").reinitialised
+    except CheckpointError as err:
+        raise DistillError(str(err)) from None
 
 
 def train_classifier(

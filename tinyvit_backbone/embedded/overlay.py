@@ -1,5 +1,6 @@
 """Overlay that trains and evaluates any det_configs/ or seg_configs/ config on the embedded
-scenes on a CPU: small images, BN instead of SyncBN, a few iterations, no pretrained download.
+scenes on a CPU: small images, BN instead of SyncBN, fp32, a few iterations, random backbone
+weights unless asked otherwise.
 
 The recipe parts that define a config (model family, heads, losses, optimizer type, backbone
 options) are kept; what only makes sense at COCO / ADE20K scale is replaced:
@@ -10,9 +11,12 @@ options) are kept; what only makes sense at COCO / ADE20K scale is replaced:
   (mmdet's CocoMetric through pycocotools, mmseg's IoUMetric);
 * schedule -> ``iters`` iterations with a short warmup, evaluation and a checkpoint at the end;
 * proposal / detection budgets -> sized for a handful of objects per image;
-* SyncBN -> BN, no AMP, gloo when there is no GPU, workers 0;
-* backbone weights -> ``backbone_checkpoint`` or random init (``init_cfg`` dropped), and an
-  optional smaller TinyViT ``arch`` with the neck / head channels that follow from it.
+* SyncBN -> BN, ``AmpOptimWrapper`` -> ``OptimWrapper`` (mmengine's AMP wrapper needs a GPU),
+  gloo when there is no GPU, workers 0;
+* backbone weights -> ``backbone_checkpoint`` (any weights spec: registry name, URL, hub tag,
+  path), the config's own weights (``keep_weights``: fetched through the model zoo like a full
+  run, so ``TINYVIT_ZOO_MIRROR`` applies), or random init (``init_cfg`` dropped, the default);
+  and an optional smaller TinyViT ``arch`` with the neck / head channels that follow from it.
 
 Use it from Python (:func:`apply_overlay`), through ``tools/train.py CONFIG --embedded``, or as
 a standalone config for ``mim``::
@@ -94,16 +98,17 @@ def _has_masks(model: dict) -> bool:
     return bool(roi_head.get("mask_head"))
 
 
-def _adapt_backbone(cfg: Config, arch, backbone_checkpoint: str | None, task: str) -> None:
+def _adapt_backbone(cfg: Config, arch, backbone_checkpoint: str | None, task: str,
+                    keep_weights: bool = False) -> None:
     from ..backbone import resolve_arch
 
     backbone = cfg.model.backbone
     if backbone_checkpoint:
         backbone["init_cfg"] = dict(type="Pretrained", checkpoint=backbone_checkpoint)
-    else:
+    elif not keep_weights:
         backbone.pop("init_cfg", None)
-    if backbone.get("type") == "SwinTransformer":
-        backbone.pop("pretrained", None)
+        if backbone.get("type") == "SwinTransformer":
+            backbone.pop("pretrained", None)
     if backbone.get("with_cp"):
         backbone["with_cp"] = False
     if arch is None:
@@ -195,6 +200,7 @@ def apply_overlay(
     lr: float | None = None,
     arch=None,
     backbone_checkpoint: str | None = None,
+    keep_weights: bool = False,
     work_dir: str | None = None,
     checkpoint_interval: int | None = None,
 ) -> Config:
@@ -202,6 +208,7 @@ def apply_overlay(
 
     ``lr`` overrides the optimizer's learning rate (a few CPU iterations learn little at COCO
     learning rates); ``arch`` swaps in a smaller TinyViT (with matching neck / head channels);
+    ``backbone_checkpoint`` / ``keep_weights`` choose the backbone's weights (module docstring);
     ``checkpoint_interval`` defaults to ``iters`` (one checkpoint, at the end).
     """
     if iters < 1:
@@ -211,7 +218,7 @@ def apply_overlay(
     num_classes = len(CATEGORIES) if task == "det" else len(SEG_CLASSES)
     _set_num_classes(cfg.model, num_classes)
     _sync_bn_to_bn(cfg)
-    _adapt_backbone(cfg, arch, backbone_checkpoint, task)
+    _adapt_backbone(cfg, arch, backbone_checkpoint, task, keep_weights)
     if task == "det":
         _small_scene_budgets(cfg.model)
         _det_data(cfg, data_root, image_size, batch_size, _has_masks(cfg.model))
@@ -274,7 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--arch", help="smaller TinyViT: 5m / 11m / 21m or an arch JSON file")
-    parser.add_argument("--backbone-checkpoint", help="backbone weights (default: random init)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--backbone-checkpoint",
+                         help="backbone weights: a registry name, URL, timm/... hub tag or path "
+                              "(default: random init)")
+    weights.add_argument("--keep-weights", action="store_true",
+                         help="load the config's own backbone weights (fetched once through the "
+                              "model zoo; TINYVIT_ZOO_MIRROR applies)")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.config):
         print(f"error: config not found: {args.config}", file=sys.stderr)
@@ -283,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     data_root = ensure_scenes(os.path.abspath(args.data_root))
     cfg = apply_overlay(Config.fromfile(args.config), data_root, iters=args.iters,
                         image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
-                        arch=args.arch, backbone_checkpoint=args.backbone_checkpoint)
+                        arch=args.arch, backbone_checkpoint=args.backbone_checkpoint,
+                        keep_weights=args.keep_weights)
     name = os.path.splitext(os.path.basename(args.config))[0]
     out = args.out or os.path.join("work_dirs", "embedded", f"{name}.py")
     atomic_write_text(out, cfg.pretty_text)
