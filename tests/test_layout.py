@@ -156,3 +156,22 @@ def test_the_product_names_no_machine_paths():
                 if needle in text:
                     offenders.append(f"{f.relative_to(ROOT)}: {needle}")
     assert not offenders, offenders
+
+
+def test_the_run_hooks_come_with_the_import_under_a_train_script():
+    """mmdet's and mmseg's train scripts load mmengine's runner before they read
+    custom_imports: importing the package there installs the zoo's URL scheme and the
+    checkpoint allow-list at once, for every model of the run."""
+    code = """
+import json
+from mmengine.runner import CheckpointLoader
+import tinyvit_backbone
+from tinyvit_backbone.zoo import OFFICIAL_BASE_URLS
+import torch.serialization as ser
+from mmengine.logging.history_buffer import HistoryBuffer
+print(json.dumps(dict(
+    scheme=any(base.replace('.', '\\\\.') in p for p in CheckpointLoader._schemes
+               for base in OFFICIAL_BASE_URLS),
+    safe=HistoryBuffer in ser.get_safe_globals())))
+"""
+    assert json.loads(_run(code).strip().splitlines()[-1]) == dict(scheme=True, safe=True)

@@ -346,10 +346,13 @@ def test_timm_models_load_through_the_same_loader(tmp_path):
 
 def test_mmengine_fetches_registry_urls_through_the_zoo(mirror):
     """mmdet's Swin-T backbone (the baseline configs) loads through mmengine's CheckpointLoader,
-    which the package points at the registry for its URLs."""
+    which the package points at the registry for its URLs: importing it where mmengine's runner
+    is loaded (as mmdet's train script has when it reads custom_imports) does that."""
     from mmengine.runner import CheckpointLoader
 
-    import tinyvit_backbone  # noqa: F401  (registers the scheme)
+    from tinyvit_backbone.registration import register_all
+
+    register_all()  # what `import tinyvit_backbone` runs in such a process
 
     url = zoo.BASELINES["swin_tiny_patch4_window7_224"].official_url
     ckpt = CheckpointLoader.load_checkpoint(url, map_location="cpu")
