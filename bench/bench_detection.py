@@ -35,7 +35,7 @@ def _config(path: str, data_root: str, **overlay):
     from mmengine.config import Config
 
     import tinyvit_backbone  # noqa: F401
-    from tinyvit_backbone.embedded.overlay import apply_overlay
+    from tinyvit_backbone.config_overlay import apply_overlay
 
     cfg = Config.fromfile(str(ROOT / path))
     return apply_overlay(cfg, data_root, **overlay)
@@ -100,7 +100,7 @@ def iteration_cost(config: str, size: int, batch: int, iters: int, data_root: st
 
 
 def run(quick: bool = False) -> list[Figure]:
-    from tinyvit_backbone.embedded.overlay import ensure_scenes
+    from tinyvit_backbone.config_overlay import ensure_scenes
 
     data_root = ensure_scenes(str(ROOT / "data" / "embedded" / "scenes"))
     iters, every = (30, 15) if quick else (200, 50)

@@ -100,7 +100,7 @@ def stage_dense(task: str, out: str, student: dict, settings: DemoSettings, fres
     from mmengine.config import Config
     from mmengine.runner import Runner
 
-    from tinyvit_backbone.embedded.overlay import apply_overlay, ensure_scenes
+    from tinyvit_backbone.config_overlay import apply_overlay, ensure_scenes
 
     config, iters, metric = ((DET_CONFIG, settings.det_iters, "coco/bbox_mAP") if task == "det"
                              else (SEG_CONFIG, settings.seg_iters, "mIoU"))

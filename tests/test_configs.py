@@ -131,7 +131,7 @@ def test_no_decay_groups_follow_swins_keys(loaded):
     from mmengine.registry import init_default_scope
 
     import tinyvit_backbone  # noqa: F401
-    from tinyvit_backbone.embedded.overlay import apply_overlay
+    from tinyvit_backbone.config_overlay import apply_overlay
 
     cfg = apply_overlay(loaded["det_configs/cascade_tinyvit21m.py"], "unused", iters=1)
     assert cfg.optim_wrapper.type == "OptimWrapper"  # the CPU overlay's swap

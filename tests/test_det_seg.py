@@ -12,7 +12,7 @@ import pytest
 from mmengine.config import Config
 
 import tinyvit_backbone  # noqa: F401  (registers TinyViT)
-from tinyvit_backbone.embedded.overlay import apply_overlay, task_of
+from tinyvit_backbone.config_overlay import apply_overlay, task_of
 from tinyvit_backbone.embedded.scenes import CATEGORIES, SceneSettings, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +172,7 @@ def test_mim_train_runs_an_overlay_config(tmp_path):
     arch.write_text(json.dumps(TINY_ARCH))
     config = tmp_path / "upernet_embedded.py"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "tinyvit_backbone.embedded.overlay",
+    subprocess.run([sys.executable, "-m", "tinyvit_backbone.config_overlay",
                     str(ROOT / "seg_configs/upernet_tinyvit5m_8xb2_160k_ade20k_512x512.py"),
                     "--data-root", str(scenes), "--iters", "2", "--image-size", "64",
                     "--arch", str(arch), "--out", str(config)], check=True, cwd=tmp_path, env=env)
@@ -218,7 +218,7 @@ def test_mim_train_cascade_fetches_its_weights_over_http(tmp_path):
         env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_HOME=str(tmp_path / "torch"),
                    TINYVIT_ZOO_MIRROR=f"http://127.0.0.1:{httpd.server_address[1]}",
                    NO_PROXY="127.0.0.1,localhost")
-        subprocess.run([sys.executable, "-m", "tinyvit_backbone.embedded.overlay",
+        subprocess.run([sys.executable, "-m", "tinyvit_backbone.config_overlay",
                         str(ROOT / "det_configs/cascade_tinyvit21m.py"), "--data-root",
                         str(scenes), "--iters", "1", "--image-size", "64", "--batch-size", "1",
                         "--keep-weights", "--out", str(config)], check=True, cwd=tmp_path, env=env)

@@ -24,19 +24,12 @@ import os
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from .embedded.digits import digits_fingerprint  # noqa: F401  (the digits' rule, kept with them)
+
 # Attributes torchvision datasets keep their sample lists in.
 SAMPLE_ATTRS = ("samples", "_samples", "_image_files", "_images", "_labels", "targets",
                 "images", "annotations", "files", "y", "index", "indices", "split",
                 "image_size")
-
-
-def digits_fingerprint(split: str, image_size: int, indices, targets) -> str:
-    """Fingerprint of the embedded digits' ``split`` at ``image_size`` pixels."""
-    digest = hashlib.sha256()
-    digest.update(f"digits|{split}|{image_size}|".encode())
-    digest.update(np.asarray(indices, dtype=np.int64).tobytes())
-    digest.update(np.asarray(targets, dtype=np.int64).tobytes())
-    return digest.hexdigest()
 
 
 def folder_fingerprint(root: str, classes, samples) -> str:

@@ -1,5 +1,5 @@
 """Train any det_configs/ or seg_configs/ config with mmengine's Runner, optionally on the
-embedded scenes (the CPU overlay of tinyvit_backbone.embedded.overlay).
+embedded scenes (the CPU overlay of tinyvit_backbone.config_overlay).
 
     python tools/train.py det_configs/mask_rcnn_tinyvit5m_1x.py --embedded --iters 20
     torchrun --nproc_per_node 2 tools/train.py CONFIG --embedded --launcher pytorch
@@ -49,7 +49,7 @@ def parse_args(argv=None):
 def build_config(args):
     from mmengine.config import Config
 
-    from tinyvit_backbone.embedded.overlay import apply_overlay, ensure_scenes
+    from tinyvit_backbone.config_overlay import apply_overlay, ensure_scenes
 
     if not os.path.isfile(args.config):
         raise SystemExit(f"error: config not found: {args.config}")

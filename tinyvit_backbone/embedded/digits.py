@@ -6,6 +6,7 @@ fixed (seeded), so every tool in the project sees the same images: 1,257 train, 
 """
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 
 import numpy as np
@@ -16,6 +17,16 @@ NUM_CLASSES = 10
 CLASS_NAMES = tuple(str(i) for i in range(NUM_CLASSES))
 TEST_FRACTION = 0.3
 SPLIT_SEED = 0
+
+
+def digits_fingerprint(split: str, image_size: int, indices, targets) -> str:
+    """Content fingerprint of the digits' ``split`` at ``image_size`` pixels (the value logit
+    stores and feature caches record; see :mod:`tinyvit_backbone.fingerprint`)."""
+    digest = hashlib.sha256()
+    digest.update(f"digits|{split}|{image_size}|".encode())
+    digest.update(np.asarray(indices, dtype=np.int64).tobytes())
+    digest.update(np.asarray(targets, dtype=np.int64).tobytes())
+    return digest.hexdigest()
 
 
 @lru_cache(maxsize=1)
@@ -71,8 +82,6 @@ class DigitsDataset(Dataset):
     def fingerprint(self) -> str:
         """This split's identity for logit stores and feature caches
         (:mod:`tinyvit_backbone.fingerprint`)."""
-        from ..fingerprint import digits_fingerprint
-
         return digits_fingerprint(self.split, self.image_size, self.indices, self.targets)
 
     def tensors(self, mean, std):

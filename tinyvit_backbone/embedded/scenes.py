@@ -37,6 +37,7 @@ SEG_CLASSES = ("background",) + CATEGORIES
 # Fixed colours per class for segmentation visualisation (mmseg's dataset `palette`).
 SEG_PALETTE = [[0, 0, 0], [220, 20, 60], [0, 128, 255], [60, 180, 75], [255, 180, 0]]
 FORMAT_VERSION = 1
+DEFAULT_ROOT = "data/embedded/scenes"
 
 
 @dataclass(frozen=True)
@@ -186,11 +187,18 @@ def generate(root: str, settings: SceneSettings = SceneSettings(), force: bool =
     return True
 
 
+def ensure_scenes(data_root: str = DEFAULT_ROOT) -> str:
+    """Generate the default scenes at ``data_root`` unless a set (of any settings) is there."""
+    if not os.path.isfile(os.path.join(data_root, "scenes.json")):
+        generate(data_root, SceneSettings())
+    return data_root
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tinyvit_backbone.embedded.scenes",
         description="Generate the embedded detection / segmentation scenes (COCO + mmseg layout).")
-    parser.add_argument("--out", default="data/embedded/scenes", help="output folder")
+    parser.add_argument("--out", default=DEFAULT_ROOT, help="output folder")
     defaults = SceneSettings()
     parser.add_argument("--num-train", type=int, default=defaults.num_train)
     parser.add_argument("--num-val", type=int, default=defaults.num_val)

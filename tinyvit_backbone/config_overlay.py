@@ -5,7 +5,8 @@ weights unless asked otherwise.
 The recipe parts that define a config (model family, heads, losses, optimizer type, backbone
 options) are kept; what only makes sense at COCO / ADE20K scale is replaced:
 
-* datasets -> the embedded scenes (:mod:`tinyvit_backbone.embedded.scenes`), 4 classes
+* datasets -> the embedded scenes (:mod:`tinyvit_backbone.embedded.scenes`, generated on first
+  use), 4 classes
   (detection) or 5 with background (segmentation); every ``num_classes`` follows;
 * pipelines -> resize to ``image_size`` + flip; evaluation with the real metrics
   (mmdet's CocoMetric through pycocotools, mmseg's IoUMetric);
@@ -21,7 +22,7 @@ options) are kept; what only makes sense at COCO / ADE20K scale is replaced:
 Use it from Python (:func:`apply_overlay`), through ``tools/train.py CONFIG --embedded``, or as
 a standalone config for ``mim``::
 
-    python -m tinyvit_backbone.embedded.overlay det_configs/cascade_tinyvit21m.py \
+    python -m tinyvit_backbone.config_overlay det_configs/cascade_tinyvit21m.py \
         --out work_dirs/embedded/cascade_tinyvit21m.py
     mim train mmdet work_dirs/embedded/cascade_tinyvit21m.py
 """
@@ -34,18 +35,14 @@ from typing import Any
 
 from mmengine.config import Config
 
-from ..files import atomic_write_text
-from .scenes import CATEGORIES, SEG_CLASSES, SEG_PALETTE, SceneSettings, generate
-
-DEFAULT_ROOT = "data/embedded/scenes"
+from .config_task import config_task
+from .embedded.scenes import CATEGORIES, DEFAULT_ROOT, SEG_CLASSES, SEG_PALETTE, ensure_scenes
+from .files import atomic_write_text
 
 
 def task_of(cfg: Config) -> str:
-    """'det' for mmdet configs, 'seg' for mmseg ones (by default scope, then model type)."""
-    scope = cfg.get("default_scope")
-    if scope in ("mmdet", "mmseg"):
-        return "det" if scope == "mmdet" else "seg"
-    return "seg" if cfg.model.get("type") in ("EncoderDecoder", "CascadeEncoderDecoder") else "det"
+    """'det' for mmdet configs, 'seg' for mmseg ones (:mod:`tinyvit_backbone.config_task`)."""
+    return config_task(cfg)
 
 
 def _walk(node: Any, fn) -> Any:
@@ -100,7 +97,7 @@ def _has_masks(model: dict) -> bool:
 
 def _adapt_backbone(cfg: Config, arch, backbone_checkpoint: str | None, task: str,
                     keep_weights: bool = False) -> None:
-    from ..backbone import resolve_arch
+    from .backbone import resolve_arch
 
     backbone = cfg.model.backbone
     if backbone_checkpoint:
@@ -261,16 +258,9 @@ def _dist_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def ensure_scenes(data_root: str = DEFAULT_ROOT) -> str:
-    """Generate the default scenes at ``data_root`` unless a set (of any settings) is there."""
-    if not os.path.isfile(os.path.join(data_root, "scenes.json")):
-        generate(data_root, SceneSettings())
-    return data_root
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tinyvit_backbone.embedded.overlay",
+        prog="python -m tinyvit_backbone.config_overlay",
         description="Write CONFIG with the embedded-scenes CPU overlay as a standalone config "
                     "(for `mim train` / tools/train.py).")
     parser.add_argument("config")
