@@ -224,7 +224,9 @@ def build_extractor(spec: ModelSpec, layer: str = "pooled", device=None,
     """The frozen feature extractor on ``device``; TinyViT is fused for inference.
 
     ``backend='onnxruntime'`` (TinyViT on the CPU): that extractor exported to ONNX, checked
-    against it at ``image_size`` and run by ONNX Runtime; called the same way."""
+    against it at ``image_size`` and run by ONNX Runtime; called the same way. The torch
+    TinyViT extractor splits CPU batches over threads (:class:`~tinyvit_backbone.inference.
+    BatchParallel`)."""
     net = build_network(spec)
     if fuse and spec.kind == "tinyvit":
         from tinyvit_backbone.inference import fuse_for_inference
@@ -233,5 +235,8 @@ def build_extractor(spec: ModelSpec, layer: str = "pooled", device=None,
     if backend == "onnxruntime":
         from tinyvit_backbone.export import onnxruntime_module
         return onnxruntime_module(extractor, "features", (image_size, image_size))
+    if fuse and spec.kind == "tinyvit":
+        from tinyvit_backbone.inference import BatchParallel
+        extractor = BatchParallel(extractor)  # CPU batches over threads; a no-op elsewhere
     return extractor.to(device) if device is not None else extractor
 

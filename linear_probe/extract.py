@@ -131,9 +131,12 @@ def extract_splits(
     info = get_info(dataset)
     device = select_device(device)
     amp_dtype = autocast_dtype(device, amp)
+    if batch_size is None:
+        batch_size = 256 if device.type == "cuda" else 64
     if extractor is None:
         from tinyvit_backbone.inference import resolve_backend
-        backend = resolve_backend(backend, device, tinyvit=spec.kind == "tinyvit")
+        backend = resolve_backend(backend, device, tinyvit=spec.kind == "tinyvit",
+                                  batch_size=batch_size)
     if image_size is None and spec.kind == "tinyvit":
         # TinyViT takes any input size; a timm model may not (ViTs fix theirs), so it keeps
         # its own default unless --image-size says otherwise
