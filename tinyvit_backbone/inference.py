@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import platform
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -102,6 +103,8 @@ def retain_freed_memory() -> bool:
 # --------------------------------------------------------------------------- batch threads
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
+    os.register_at_fork(after_in_child=_pools.clear)
 MAX_CHUNK = 8  # images per task: enough rows for full-speed GEMMs, small enough to balance
 
 
