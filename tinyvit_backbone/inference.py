@@ -36,7 +36,9 @@ The result: per core the two runtimes are close (one thread, CPU time: 6.6 img/s
 path, 7.0 for ONNX Runtime, whose kernels stay a little ahead at 224 px without padding);
 with both cores the fast path leads through its threads, and at padded sizes through the
 skipped padding. A single image cannot be split over workers, so there ``--backend auto``
-runs the exported graph on ONNX Runtime (800x1333: 0.124 img/s against 0.108 on OpenMP).
+runs the exported graph on ONNX Runtime (800x1333: 0.12-0.13 img/s against 0.10 on OpenMP);
+that is not yet ahead of ONNX Runtime on timm's own fixed-shape export (0.92x, per-round
+quartiles 0.89-1.03): the dynamic graph pads qkv (3x the channels of timm's padded input).
 Why not torch.compile: it compiles per input shape (about a minute each for 21M on this
 machine) and detection inputs change size every batch; these rewrites need no compilation
 and fall back to plain ops wherever oneDNN is unavailable (CUDA, other dtypes, autograd).
