@@ -60,6 +60,9 @@ def _feature_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto (CUDA if available) | cpu | cuda | cuda:N")
     g.add_argument("--no-amp", action="store_true", help="float32 extraction on CUDA too")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="CPU runtime of the extraction: torch (the fused fast path), onnxruntime "
+                        "(the model exported to ONNX; needs the [onnx] extra) or auto (default)")
 
 
 def _output_arg(p: argparse.ArgumentParser) -> None:
@@ -142,7 +145,8 @@ def _settings(args):
     return FeatureSettings(data_root=args.data_root, cache_dir=args.cache_dir,
                            feature_layer=args.feature_layer, image_size=args.image_size,
                            batch_size=args.batch_size, workers=args.workers, device=args.device,
-                           amp=False if args.no_amp else None, progress=not args.no_progress)
+                           amp=False if args.no_amp else None, progress=not args.no_progress,
+                           backend=args.backend)
 
 
 def _list_datasets(data_root: str) -> None:
@@ -199,7 +203,8 @@ def run(args) -> None:
         records = evaluate.run_suite(spec, args.dataset, output=args.output,
                                      cache_dir=args.cache_dir, quick=not args.full,
                                      data_root=args.data_root, device=args.device,
-                                     image_size=args.image_size, progress=not args.no_progress)
+                                     image_size=args.image_size, progress=not args.no_progress,
+                                     backend=args.backend)
     _report(records, args.output)
 
 

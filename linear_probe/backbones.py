@@ -214,12 +214,23 @@ class FeatureExtractor(nn.Module):
 
 
 def build_extractor(spec: ModelSpec, layer: str = "pooled", device=None,
-                    fuse: bool = True) -> FeatureExtractor:
-    """The frozen feature extractor on ``device``; TinyViT is fused for inference."""
+                    fuse: bool = True, backend: str = "torch", image_size: int = 224):
+    """The frozen feature extractor on ``device``; TinyViT is fused for inference.
+
+    ``backend='onnxruntime'`` (TinyViT on the CPU): that extractor exported to ONNX, checked
+    against it at ``image_size`` and run by ONNX Runtime; called the same way. The torch
+    TinyViT extractor splits CPU batches over threads (:class:`~tinyvit_backbone.inference.
+    BatchParallel`)."""
     net = build_network(spec)
     if fuse and spec.kind == "tinyvit":
         from tinyvit_backbone.inference import fuse_for_inference
         net = fuse_for_inference(net)
     extractor = FeatureExtractor(net, layer).eval()
+    if backend == "onnxruntime":
+        from tinyvit_backbone.export import onnxruntime_module
+        return onnxruntime_module(extractor, "features", (image_size, image_size))
+    if fuse and spec.kind == "tinyvit":
+        from tinyvit_backbone.inference import BatchParallel
+        extractor = BatchParallel(extractor)  # CPU batches over threads; a no-op elsewhere
     return extractor.to(device) if device is not None else extractor
 

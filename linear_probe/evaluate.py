@@ -42,13 +42,14 @@ class FeatureSettings:
     device: str | None = None
     amp: bool | None = None
     progress: bool = True
+    backend: str = "auto"
 
     def extract(self, spec: ModelSpec, dataset: str, splits: list[str]) -> Extraction:
         return extract_splits(spec, dataset, splits, data_root=self.data_root,
                               cache_dir=self.cache_dir, feature_layer=self.feature_layer,
                               image_size=self.image_size, batch_size=self.batch_size,
                               workers=self.workers, device=self.device, amp=self.amp,
-                              progress=self.progress)
+                              progress=self.progress, backend=self.backend)
 
 
 def as_model_spec(model) -> ModelSpec:
@@ -280,6 +281,7 @@ def run_suite(
     episode_ks: Sequence[int] | None = None,
     n_episodes: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> list[dict]:
     """Linear-probe sweep, k-shot probes and cdfsl-style episodes of one model on one dataset.
 
@@ -292,7 +294,7 @@ def run_suite(
     Returns the records (also appended to ``output`` when given).
     """
     settings = FeatureSettings(data_root=data_root, cache_dir=cache_dir, device=device,
-                               image_size=image_size, progress=progress)
+                               image_size=image_size, progress=progress, backend=backend)
     spec = as_model_spec(model)
     ks = ks if ks is not None else ((1, 5, 10) if quick else (1, 5, 10, 20, 50))
     episode_ks = episode_ks if episode_ks is not None else ((5, 20) if quick else (5, 20, 50))

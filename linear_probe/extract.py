@@ -117,17 +117,26 @@ def extract_splits(
     amp: bool | None = None,
     progress: bool = True,
     extractor: FeatureExtractor | None = None,
+    backend: str = "auto",
 ) -> Extraction:
     """Cached features of ``splits`` of ``dataset`` for ``spec`` (extracting what is missing).
 
     The model is built only when some split is not cached (or passed in as ``extractor``,
     which must be ``spec``'s at ``feature_layer`` on ``device``: reuse one across datasets).
     ``image_size`` defaults to the dataset's own for TinyViT (digits: 32), else the model's
-    (TinyViT: 224; a timm model: its pretrained config's).
+    (TinyViT: 224; a timm model: its pretrained config's). ``backend``: 'torch', 'onnxruntime'
+    or 'auto' (:func:`tinyvit_backbone.inference.resolve_backend`); both give the same features
+    within 1e-4, so the cache entry is shared.
     """
     info = get_info(dataset)
     device = select_device(device)
     amp_dtype = autocast_dtype(device, amp)
+    if batch_size is None:
+        batch_size = 256 if device.type == "cuda" else 64
+    if extractor is None:
+        from tinyvit_backbone.inference import resolve_backend
+        backend = resolve_backend(backend, device, tinyvit=spec.kind == "tinyvit",
+                                  batch_size=batch_size)
     if image_size is None and spec.kind == "tinyvit":
         # TinyViT takes any input size; a timm model may not (ViTs fix theirs), so it keeps
         # its own default unless --image-size says otherwise
@@ -152,7 +161,8 @@ def extract_splits(
                 entry = cache.load(parts)  # another process may have finished it meanwhile
                 if entry is None:
                     if extractor is None:
-                        extractor = build_extractor(spec, feature_layer, device)
+                        extractor = build_extractor(spec, feature_layer, device,
+                                                    backend=backend, image_size=size)
                     entry = _extract_one(extractor, cache, parts, raw, prep, info, split,
                                          batch_size, workers, device, amp_dtype, progress)
         out[split] = entry
@@ -204,5 +214,6 @@ def _extract_one(extractor, cache, parts, raw, prep, info, split, batch_size, wo
                           "images_per_s": (n - resumed) / elapsed if elapsed else None,
                           "resumed_from": resumed,
                           "device": str(device), "batch_size": batch_size, "workers": workers,
+                          "backend": getattr(extractor, "backend", "torch"),
                           "multilabel": bool(info.multilabel)})
 

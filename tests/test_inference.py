@@ -1,0 +1,127 @@
+"""The fast inference path: padded windows, batch threads, memory reuse, backend choice."""
+import copy
+import sys
+
+import pytest
+import timm
+import torch
+
+import tinyvit_backbone.inference as inference
+from tinyvit_backbone import TinyViT
+from tinyvit_backbone.inference import BatchParallel, fuse_for_inference, resolve_backend
+
+from .test_backbone import _randomise_stats
+
+SMALL = {"embed_dims": [16, 32, 48, 64], "depths": [1, 2, 1, 1], "num_heads": [1, 2, 2, 2],
+         "window_sizes": [7, 5, 3, 2]}
+
+
+@pytest.mark.parametrize("size", [(224, 224), (32, 48), (61, 13), (97, 130)])
+def test_padded_windows_match_timm(size):
+    """Single windows with padding, several windows with and without padding, and maps smaller
+    than a window: the qkv of padded tokens is the zero token's, as in timm."""
+    torch.manual_seed(0)
+    model = _randomise_stats(timm.models.tiny_vit.TinyVit(num_classes=7, **SMALL)).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(fuse_for_inference(model)(x), expected, rtol=0, atol=1e-5)
+
+
+def test_fusing_twice_or_inside_a_wrapper_changes_nothing():
+    torch.manual_seed(0)
+    model = _randomise_stats(TinyViT(arch=SMALL)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        fused = fuse_for_inference(model)
+        fuse_for_inference(torch.nn.Sequential(fused))  # unmarked wrapper of a fused model
+        for a, b in zip(fused(x), expected):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_batch_threads_give_the_same_outputs_and_keep_grad_mode():
+    torch.manual_seed(0)
+    backbone = fuse_for_inference(_randomise_stats(TinyViT(arch=SMALL)).eval())
+    classifier = fuse_for_inference(timm.models.tiny_vit.TinyVit(num_classes=5, **SMALL).eval())
+    x = torch.randn(19, 3, 40, 56)  # 3 slices of at most MAX_CHUNK images over 2 workers
+    with torch.inference_mode():
+        whole = backbone(x)
+        split = BatchParallel(backbone, workers=2)(x)
+        assert all(t.is_inference() for t in split)
+    assert len(split) == len(whole)
+    for a, b in zip(split, whole):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        logits = BatchParallel(classifier, workers=2)(x)
+        torch.testing.assert_close(logits, classifier(x), rtol=0, atol=1e-6)
+        assert not logits.requires_grad and not logits.is_inference()
+    single = BatchParallel(classifier, workers=2)
+    with torch.no_grad():  # one image: no threads
+        torch.testing.assert_close(single(x[:1]), classifier(x[:1]), rtol=0, atol=0)
+
+
+def test_freed_memory_is_kept_through_glibc_mallopt(monkeypatch):
+    calls = []
+
+    class Libc:
+        class mallopt:  # noqa: N801  (stands for the C function)
+            def __new__(cls, param, value):
+                calls.append((param, value))
+                return 1
+
+    monkeypatch.setattr(inference, "_retained", False)
+    monkeypatch.setattr(inference.ctypes, "CDLL", lambda name: Libc)
+    monkeypatch.setattr(inference.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(inference.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    assert inference.retain_freed_memory() and inference.retain_freed_memory()
+    # mmap threshold 1 GiB, trim threshold 2 GiB, one arena; set once (idempotent)
+    assert calls == [(-3, 1 << 30), (-1, 2 ** 31 - 1), (-8, 1)]
+    monkeypatch.setattr(inference, "_retained", False)
+    monkeypatch.setattr(inference.platform, "libc_ver", lambda: ("", ""))  # musl, macOS, ...
+    assert inference.retain_freed_memory() is False and len(calls) == 3
+
+
+def test_graph_recording_uses_plain_ops():
+    torch.manual_seed(0)
+    model = fuse_for_inference(_randomise_stats(TinyViT(arch=SMALL)).eval())
+    seen = []
+    block = model.stages[1].blocks[0]
+    forward = block._attention
+    block._attention = lambda *a: (seen.append(inference.exporting()), forward(*a))[1]
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.randn(1, 3, 64, 64), check_trace=False)
+        x = torch.randn(1, 3, 96, 80)  # another size: the recorded window arithmetic holds
+        for a, b in zip(traced(x), model(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert seen[0] is True and seen[-1] is False  # recorded plain; eager again afterwards
+
+
+def test_backend_choice(monkeypatch):
+    assert resolve_backend("torch", "cpu") == "torch"
+    assert resolve_backend("auto", "cpu", batch_size=64) == "torch"
+    assert resolve_backend("auto", "cpu", tinyvit=False, batch_size=1) == "torch"
+    assert resolve_backend("auto", "cuda", batch_size=1) == "torch"
+    if inference.onnxruntime_available():
+        assert resolve_backend("auto", "cpu", batch_size=1) == "onnxruntime"
+        assert resolve_backend("onnxruntime", "cpu") == "onnxruntime"
+    with pytest.raises(ValueError, match="--device cpu"):
+        resolve_backend("onnxruntime", "cuda")
+    with pytest.raises(ValueError, match="TinyViT models only"):
+        resolve_backend("onnxruntime", "cpu", tinyvit=False)
+    with pytest.raises(ValueError, match="must be one of auto, torch, onnxruntime"):
+        resolve_backend("tensorrt", "cpu")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    assert resolve_backend("auto", "cpu", batch_size=1) == "torch"
+    with pytest.raises(ValueError, match=r"not installed.*pip install 'tinyvit-transfer\[onnx\]'"):
+        resolve_backend("onnxruntime", "cpu")
+
+
+def test_plain_op_fallback_matches(monkeypatch):
+    torch.manual_seed(0)
+    model = _randomise_stats(timm.models.tiny_vit.TinyVit(num_classes=3, **SMALL)).eval()
+    fused = fuse_for_inference(copy.deepcopy(model))
+    monkeypatch.setattr(inference, "_ONEDNN", False)
+    x = torch.randn(2, 3, 45, 70)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-5)
