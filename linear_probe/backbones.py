@@ -23,7 +23,6 @@ Feature layers (``--feature-layer``):
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -39,11 +38,8 @@ def file_digest(path: str, length: int = 16) -> str:
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
+        from tinyvit_backbone.files import sha256_file
+        _DIGESTS[key] = sha256_file(path)
     return _DIGESTS[key][:length]
 
 
