@@ -132,8 +132,15 @@ class Preprocessed(Dataset):
 
 
 def augmentation_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of image ``index``'s augmentation in ``epoch`` (distinct for every pair)."""
-    return (((seed * 1_000_003 + epoch) << 32) + index) % (1 << 63)
+    """The 32-bit seed of image ``index``'s augmentation in ``epoch``: a splitmix64 hash of the
+    three (torch's CPU generator, a Mersenne twister, keeps only 32 bits of its seed, so the
+    numbers are mixed rather than packed side by side)."""
+    mask = (1 << 64) - 1
+    z = ((seed * 0x9E3779B97F4A7C15) ^ (epoch * 0xBF58476D1CE4E5B9) ^ (index * 0x94D049BB133111EB)
+         ^ 0x2545F4914F6CDD1D) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
 
 
 class SeededAugmentation(Preprocessed):
