@@ -212,6 +212,12 @@ def _settings(args, batch_size: int | None = None):
                            amp=args.amp, progress=args.progress)
 
 
+def _describe(result: dict) -> str:
+    if result["status"] == "embedded":
+        return f"{result['dataset']}: embedded, nothing to download"
+    return f"{result['dataset']}: {result['status']} in {result['folder']}"
+
+
 def _datasets(args) -> list[str]:
     """The datasets named (groups expanded), each fetched first with ``--download``."""
     from .registry import dataset_spec, resolve_datasets
@@ -219,8 +225,7 @@ def _datasets(args) -> list[str]:
     if getattr(args, "download", False):
         from .downloads import download
         for name in names:
-            result = download(dataset_spec(name), args.data_root)
-            _log(f"{name}: {result['status']} in {result['folder']}")
+            _log(_describe(download(dataset_spec(name), args.data_root)))
     return names
 
 
@@ -266,7 +271,7 @@ def cmd_download(args) -> dict:
     for name in names:
         try:
             results.append(download(dataset_spec(name), args.data_root))
-            _log(f"{name}: {results[-1]['status']} in {results[-1]['folder']}")
+            _log(_describe(results[-1]))
         except DatasetDownloadError as err:
             results.append({"dataset": name, "status": "failed", "error": str(err)})
             problems.append(str(err))

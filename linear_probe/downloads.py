@@ -182,6 +182,22 @@ def routed_requests(base: str | None):
         urllib.request.install_opener(previous)
 
 
+@contextlib.contextmanager
+def project_progress_bars(desc: str):
+    """Torchvision's download bars drawn by :func:`tinyvit_backbone.progress.progress_bar`
+    (a line every few percent in a log, not carriage-return redraws)."""
+    import torchvision.datasets.utils as tv_utils
+
+    from tinyvit_backbone.progress import progress_bar
+
+    previous = tv_utils.tqdm
+    tv_utils.tqdm = lambda *args, **kwargs: progress_bar(*args, desc=desc, **kwargs)
+    try:
+        yield
+    finally:
+        tv_utils.tqdm = previous
+
+
 def _fetch(spec, how: TorchvisionDownload, directory: Path) -> None:
     import torchvision.datasets as tvd
     from torchvision.datasets.utils import download_and_extract_archive
@@ -212,10 +228,11 @@ def _failure(spec, err: BaseException, requested: list[str], base: str | None) -
             f"or the mirror and rerun with --download.")
 
 
-def download(spec, data_root, *, log=None) -> dict:
+def download(spec, data_root, *, stream=None) -> dict:
     """Put ``spec`` under ``data_root`` with torchvision's downloader (see the module
     docstring). Returns {"dataset", "status": "downloaded" | "verified" | "present" |
-    "embedded", "folder", "verified", "requests"}. Raises :class:`DatasetDownloadError` when
+    "embedded", "folder", "verified", "requests"}; torchvision's messages go to ``stream``
+    (default stderr). Raises :class:`DatasetDownloadError` when
     the download fails, or when the dataset is missing and cannot be fetched automatically
     (the message gives the source and layout)."""
     directory = spec.directory(data_root)
@@ -229,7 +246,8 @@ def download(spec, data_root, *, log=None) -> dict:
         raise DatasetDownloadError(f"{spec.title} ({spec.name}) cannot be downloaded "
                                    f"automatically. " + how_to_get(spec, data_root))
     base = mirror_url()
-    with routed_requests(base) as router, contextlib.redirect_stdout(log or sys.stderr):
+    with routed_requests(base) as router, contextlib.redirect_stdout(stream or sys.stderr), \
+            project_progress_bars(f"download {spec.name}"):
         try:
             _fetch(spec, how, directory)
         except (urllib.error.URLError, OSError, RuntimeError) as err:
