@@ -171,3 +171,71 @@ def test_records_validate_and_append_atomically(tmp_path):
     out.write_text(out.read_text() + "{not json\n")
     with pytest.raises(ValueError, match=r"r\.jsonl:25: not a JSON record"):
         read_jsonl(out)
+
+
+def test_suite_passes_every_feature_flag_on(env, monkeypatch, capsys):
+    """suite used to accept --feature-layer, --batch-size, --workers and --amp and drop them."""
+    import linear_probe.settings as settings
+    seen = []
+    real = settings.extract_splits
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(settings, "extract_splits", spy)
+    args, out = _args(env, "suite", "--feature-layer", "stage2", "--batch-size", "16",
+                      "--workers", "0", "--amp", "--dataset", "digits", "embedded")
+    assert main(args) == 0
+    records = json.loads(capsys.readouterr().out)["records"]
+    assert len(records) == 12 and {r["feature_layer"] for r in records} == {"stage2"}
+    assert {r["dataset"] for r in records} == {"digits"}  # the group's digits counted once
+    assert {r["protocol"] for r in records} == {"clip-lbfgs", "lbfgs-fast"}
+    assert all(kw["feature_layer"] == "stage2" and kw["batch_size"] == 16 and kw["workers"] == 0
+               and kw["amp"] is True for kw in seen)
+
+
+HELP_PROBE = """
+import sys, types, os, runpy, io, contextlib
+light_core = sys.argv[1] == "light-core"
+if light_core:  # the core package without what its __init__ imports (mmengine registration)
+    package = types.ModuleType("tinyvit_backbone")
+    package.__path__ = [os.path.join(os.getcwd(), "tinyvit_backbone")]
+    sys.modules["tinyvit_backbone"] = package
+sys.argv = ["linear_probe", "--help"]
+with contextlib.redirect_stdout(io.StringIO()) as text:
+    try:
+        runpy.run_module("linear_probe", run_name="__main__")
+    except SystemExit:
+        pass
+assert "mocov3" in text.getvalue()
+print(" ".join(sorted(m for m in ("mmdet", "mmseg", "mmengine", "timm", "torch") if m in sys.modules)))
+"""
+
+
+def _fresh_python(code: str, *args: str) -> str:
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=repo, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": repo})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def _help_imports(mode: str) -> set[str]:
+    return set(_fresh_python(HELP_PROBE, mode).split())
+
+
+def test_help_imports_nothing_heavy_of_its_own():
+    """The CLI's parser needs no torch, timm, mmdet or mmseg: only the core's CLI helpers."""
+    assert _help_imports("light-core") == set()
+
+
+def test_help_does_not_load_the_detection_stacks():
+    core = _fresh_python("import sys, tinyvit_backbone.cli; "
+                         "print('mmdet' in sys.modules or 'mmseg' in sys.modules)")
+    if core.strip() == "True":
+        pytest.skip("tinyvit_backbone/__init__.py still registers into mmdet and mmseg on import")
+    assert not _help_imports("as-installed") & {"mmdet", "mmseg"}
