@@ -26,12 +26,13 @@ from .preprocessing import Preprocessed, Preprocessing, dataset_preprocessing
 from .registry import DatasetSpec, dataset_spec
 
 
-def default_workers(n_images: int) -> int:
+def default_workers(n_images: int, cap: int | None = 8) -> int:
     """DataLoader workers: none for small sets (spawning costs more than it saves; most get a
-    prefetch thread instead), else one per spare core up to 8."""
+    prefetch thread instead), else one per spare core, up to ``cap`` (None: no cap)."""
     if n_images <= 4096:
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    spare = max(1, (os.cpu_count() or 2) - 1)
+    return spare if cap is None else min(cap, spare)
 
 
 def prefetched(batches, depth: int = 2):

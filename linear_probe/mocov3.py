@@ -63,6 +63,32 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0,
     return batches
 
 
+class EpochSampler:
+    """Batch sampler of the training DataLoader: the current epoch's batches as ``(epoch, row)``
+    keys of :class:`~linear_probe.preprocessing.SeededAugmentation`, replaced before each epoch
+    by :meth:`set` (it runs in the main process), so the workers persist across epochs."""
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def set(self, plan: list[tuple[list[int], int]], epoch: int) -> None:
+        self.batches = [[(epoch, i) for i in rows] for rows, _ in plan]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def training_loader(data, sampler: EpochSampler, workers: int, device: torch.device) -> DataLoader:
+    """The training images, decoded and augmented by ``workers`` persistent processes (0: in
+    this process, each epoch then wrapped in a prefetch thread)."""
+    return DataLoader(data, batch_sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      prefetch_factor=4 if workers else None)
+
+
 def init_head(dim: int, num_classes: int, seed: int, std: float = 0.01) -> nn.Linear:
     """The new linear layer: weights N(0, std^2), bias 0, drawn from ``seed``."""
     head = nn.Linear(dim, num_classes)
@@ -204,7 +230,10 @@ def run_mocov3(model, dataset: str, *, recipe: MoCoV3Recipe = MOCOV3_RECIPE, see
         torch.backends.cudnn.benchmark = True
 
     data = SeededAugmentation(raw, train_prep.transform, seed)
-    workers = default_workers(len(raw)) if settings.workers is None else settings.workers
+    # every spare core: the loader feeds a frozen forward, the fastest step there is
+    workers = default_workers(len(raw), cap=None) if settings.workers is None else settings.workers
+    sampler = EpochSampler()
+    loader = training_loader(data, sampler, workers, device)
     steps = len(epoch_batches(len(raw), recipe.batch_size, 0, seed, env.rank, env.world_size))
     bar = progress_bar(total=recipe.epochs * steps, initial=start_epoch * steps, unit="step",
                        desc=f"mocov3 {info.name}", enabled=settings.progress is not False and env.is_main)
@@ -214,11 +243,8 @@ def run_mocov3(model, dataset: str, *, recipe: MoCoV3Recipe = MOCOV3_RECIPE, see
             lr = recipe.lr_at(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            data.set_epoch(epoch)
             plan = epoch_batches(len(raw), recipe.batch_size, epoch, seed, env.rank, env.world_size)
-            loader = DataLoader(data, batch_sampler=[rows for rows, _ in plan], num_workers=workers,
-                                pin_memory=device.type == "cuda",
-                                prefetch_factor=4 if workers else None)
+            sampler.set(plan, epoch)
             batches = loader if workers else prefetched(loader)
             t0 = time.perf_counter()
             loss_sum, seen = train_epoch(extractor, trained, optimizer, batches,

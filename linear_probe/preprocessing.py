@@ -150,7 +150,8 @@ class SeededAugmentation(Preprocessed):
     So an epoch's crops and flips are the same whatever the number of DataLoader workers or
     processes and whether the run was resumed; torchvision's transforms draw from that global
     generator, which only the loading side uses during training (the frozen backbone and the
-    linear head draw nothing). Call :meth:`set_epoch` before each epoch."""
+    linear head draw nothing). Index with ``(epoch, i)`` — what lets persistent workers serve
+    every epoch — or with ``i`` for the epoch last given to :meth:`set_epoch`."""
 
     def __init__(self, base: Dataset, transform, seed: int = 0):
         super().__init__(base, transform)
@@ -159,6 +160,7 @@ class SeededAugmentation(Preprocessed):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __getitem__(self, i: int):
-        torch.default_generator.manual_seed(augmentation_seed(self.seed, self.epoch, int(i)))
-        return super().__getitem__(i)
+    def __getitem__(self, key):
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+        torch.default_generator.manual_seed(augmentation_seed(self.seed, int(epoch), int(i)))
+        return super().__getitem__(int(i))

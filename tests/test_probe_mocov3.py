@@ -132,6 +132,20 @@ def test_mocov3_on_digits_learns_keeps_the_backbone_and_resumes(tmp_path, cache_
     assert torch.equal(torch.load(checkpoint, weights_only=True)["head"]["weight"], full["head"]["weight"])
 
 
+def test_loader_workers_do_not_change_the_result(tmp_path, cache_dir):
+    """Crops and flips are seeded per image and epoch, so persistent workers reproduce the
+    in-process (prefetch thread) run exactly."""
+    one_epoch = MoCoV3Recipe(epochs=2, batch_size=512, base_lr=1.0)
+    runs = []
+    for workers in (0, 2):
+        settings = FeatureSettings(cache_dir=cache_dir, progress=False, workers=workers)
+        runs.append(mocov3.run_mocov3(ModelSpec("tinyvit", arch=TINY), "digits", recipe=one_epoch,
+                                      settings=settings, work_dir=str(tmp_path / str(workers)),
+                                      log=lambda line: None))
+    assert runs[1]["workers"] == 2 and runs[0]["workers"] == 0
+    assert runs[0]["history"] == runs[1]["history"]
+
+
 def test_mocov3_cli_prints_one_json_and_refuses_other_settings_checkpoint(tmp_path, cache_dir, capsys):
     arch = tmp_path / "tiny.json"
     arch.write_text(json.dumps(TINY))
