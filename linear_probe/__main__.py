@@ -34,7 +34,7 @@ from .recipes import (
     CDFSL_RECIPE,
     CDFSL_SHOTS,
     CDFSL_WAYS,
-    LBFGS_FAST_WEIGHT_DECAY,
+    FEWSHOT_WEIGHT_DECAY,
     MOCOV3_RECIPE,
 )
 from .results import CDFSL, LBFGS_FAST
@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=c.epochs,
                    help=f"epochs over the support set per episode (default {c.epochs})")
     g = p.add_argument_group("lbfgs-fast")
-    g.add_argument("--weight-decay", type=float, default=LBFGS_FAST_WEIGHT_DECAY,
-                   help=f"the head's fixed lambda (default {LBFGS_FAST_WEIGHT_DECAY})")
+    g.add_argument("--weight-decay", type=float, default=FEWSHOT_WEIGHT_DECAY,
+                   help=f"the head's fixed lambda (default {FEWSHOT_WEIGHT_DECAY})")
     g.add_argument("--feature-norm", choices=("l2", "none"), default="l2")
 
     p = sub.add_parser("suite", help="sweep + kshot + lbfgs-fast episodes for one model")

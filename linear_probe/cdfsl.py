@@ -42,8 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fewshot import EPISODES, N_QUERY, Episodes, confidence95, sample_episodes
-from .recipes import CDFSL_RECIPE, CdfslRecipe
+from .fewshot import Episodes, confidence95, sample_episodes
+from .recipes import CDFSL_EPISODES, CDFSL_QUERIES, CDFSL_RECIPE, CdfslRecipe
 
 
 def head_optimizer(params, recipe: CdfslRecipe) -> torch.optim.SGD:
@@ -327,8 +327,8 @@ def run_cdfsl(
     ks: Sequence[int] = (5, 20, 50),
     *,
     n_way: int = 5,
-    n_query: int = N_QUERY,
-    n_episodes: int = EPISODES,
+    n_query: int = CDFSL_QUERIES,
+    n_episodes: int = CDFSL_EPISODES,
     seed: int = 0,
     freeze_backbone: bool = False,
     recipe: CdfslRecipe = CDFSL_RECIPE,

@@ -14,16 +14,9 @@ import numpy as np
 from tinyvit_backbone.progress import progress_bar
 
 from .device import select_device
-from .fewshot import (
-    DEFAULT_FEWSHOT_WD,
-    EPISODES,
-    N_QUERY,
-    confidence95,
-    run_episodes,
-    sample_episodes,
-    sample_kshot,
-)
+from .fewshot import confidence95, run_episodes, sample_episodes, sample_kshot
 from .metrics import compute_metrics
+from .recipes import CDFSL_EPISODES, CDFSL_QUERIES, FEWSHOT_WEIGHT_DECAY
 from .registry import dataset_spec
 from .results import CLIP_LBFGS, LBFGS_FAST, append_jsonl, make_record
 from .settings import FeatureSettings, as_model_spec, base_fields, extraction_fields
@@ -130,7 +123,7 @@ def kshot(
             res = sweep_weight_decay(train.features[shots], train.labels[shots],
                                      metric=info.metric, num_classes=C, grid=grid,
                                      feature_norm=feature_norm, seed=seed, device=device,
-                                     fixed_weight_decay=DEFAULT_FEWSHOT_WD if k < 2 else None)
+                                     fixed_weight_decay=FEWSHOT_WEIGHT_DECAY if k < 2 else None)
             t0 = time.perf_counter()
             metrics = compute_metrics(res.head.logits(X_test).cpu(), test.labels)
             timings = {"extract_s": ex.extract_s, "sweep_s": res.sweep_s, "fit_s": res.final_fit_s,
@@ -153,10 +146,10 @@ def episodes(
     ks: Sequence[int] = (5, 20, 50),
     *,
     n_way: int = 5,
-    n_query: int = N_QUERY,
-    n_episodes: int = EPISODES,
+    n_query: int = CDFSL_QUERIES,
+    n_episodes: int = CDFSL_EPISODES,
     seed: int = 0,
-    weight_decay: float = DEFAULT_FEWSHOT_WD,
+    weight_decay: float = FEWSHOT_WEIGHT_DECAY,
     feature_norm: str = "l2",
     split: str | None = None,
     settings: FeatureSettings | None = None,
@@ -195,7 +188,7 @@ def episodes(
 
 
 # --------------------------------------------------------------------------- suite
-def feasible_shots(labels: np.ndarray, ks: Sequence[int], n_query: int = N_QUERY) -> list[int]:
+def feasible_shots(labels: np.ndarray, ks: Sequence[int], n_query: int = CDFSL_QUERIES) -> list[int]:
     """The K of ``ks`` whose episodes the split can hold (K + queries <= its smallest class)."""
     smallest = int(np.bincount(labels).min()) if labels.ndim == 1 else 0
     return [k for k in ks if k + n_query <= smallest]
@@ -238,7 +231,7 @@ def run_suite(
     spec = as_model_spec(model)
     ks = ks if ks is not None else ((1, 5, 10) if quick else (1, 5, 10, 20, 50))
     episode_ks = episode_ks if episode_ks is not None else ((5, 20) if quick else (5, 20, 50))
-    n_episodes = n_episodes if n_episodes is not None else (100 if quick else EPISODES)
+    n_episodes = n_episodes if n_episodes is not None else (100 if quick else CDFSL_EPISODES)
     records = [linear_probe(spec, dataset, settings=settings, output=output)]
     records += kshot(spec, dataset, ks, seeds, settings=settings, output=output)
     split = dataset_spec(dataset).episodes_split
@@ -248,7 +241,7 @@ def run_suite(
         if len(feasible) < len(episode_ks):
             warnings.warn(f"{dataset}/{split}: skipping episodes with K = "
                           f"{sorted(set(episode_ks) - set(feasible))}: the smallest class has "
-                          f"fewer than K + {N_QUERY} images", stacklevel=2)
+                          f"fewer than K + {CDFSL_QUERIES} images", stacklevel=2)
         records += episodes(spec, dataset, feasible, n_episodes=n_episodes, settings=settings,
                             output=output)
     return records

@@ -3,7 +3,7 @@
 **k-shot** (ELEVATER-style, protocol ``clip-lbfgs``): for each seed, ``k`` training images per
 class are drawn from the train split; the weight decay is searched on a class-balanced val
 carved *from those shots only* (20%, at least one per class; none when k = 1, which then uses
-:data:`DEFAULT_FEWSHOT_WD`), the head is refitted on all the shots, and it is scored on the
+:data:`FEWSHOT_WEIGHT_DECAY`), the head is refitted on all the shots, and it is scored on the
 full test split. Shots are nested: for one seed, the 5 shots of a class are the first 5 of its
 10 shots, so curves over k are not confounded by resampling.
 
@@ -25,13 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .recipes import CDFSL_EPISODES, CDFSL_QUERIES, LBFGS_FAST_WEIGHT_DECAY
+from .recipes import CDFSL_EPISODES, CDFSL_QUERIES, FEWSHOT_WEIGHT_DECAY
 from .solver import cpu_threads, fit_lbfgs, l2_normalise, threads_for
-
-# lambda when no val can be carved (1-shot) and for lbfgs-fast episodes
-DEFAULT_FEWSHOT_WD = LBFGS_FAST_WEIGHT_DECAY
-N_QUERY = CDFSL_QUERIES
-EPISODES = CDFSL_EPISODES
 
 
 class FewShotError(ValueError):
@@ -85,8 +80,8 @@ class Episodes:
     n_query: int
 
 
-def sample_episodes(labels, n_way: int, k: int, n_query: int = N_QUERY,
-                    episodes: int = EPISODES, seed: int = 0, class_names=None) -> Episodes:
+def sample_episodes(labels, n_way: int, k: int, n_query: int = CDFSL_QUERIES,
+                    episodes: int = CDFSL_EPISODES, seed: int = 0, class_names=None) -> Episodes:
     """Draw cdfsl episodes deterministically from ``seed``.
 
     Raises :class:`FewShotError` when fewer than ``n_way`` classes exist or a class has fewer
@@ -121,7 +116,7 @@ def sample_episodes(labels, n_way: int, k: int, n_query: int = N_QUERY,
     return Episodes(sup, qry, cls, n_way, k, n_query)
 
 
-def run_episodes(features, episodes: Episodes, *, weight_decay: float = DEFAULT_FEWSHOT_WD,
+def run_episodes(features, episodes: Episodes, *, weight_decay: float = FEWSHOT_WEIGHT_DECAY,
                  feature_norm: str = "l2", batch: int = 100, device=None,
                  progress: bool = False) -> np.ndarray:
     """Query accuracy (%) of every episode, shape (E,). ``features`` (n, d) of the sampled split."""

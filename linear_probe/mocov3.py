@@ -35,7 +35,8 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -153,30 +154,43 @@ def _load_checkpoint(path, key: str) -> dict | None:
     return state
 
 
-def run_mocov3(model, dataset: str, *, recipe: MoCoV3Recipe = MOCOV3_RECIPE, seed: int = 0, settings=None,
-               work_dir=None, output=None, log: Callable[[str], None] | None = None) -> dict | None:
-    """Train and score a MoCo v3 linear probe of ``model`` on ``dataset`` (module docstring).
+@dataclass
+class ProbeRun:
+    """What one probe run works with: its data, evaluation features, device and identity."""
 
-    Returns the record on rank 0 (also appended to ``output``), None on the other processes."""
+    spec: object
+    info: object
+    settings: object
+    recipe: MoCoV3Recipe
+    seed: int
+    env: object
+    device: torch.device
+    amp: torch.dtype | None
+    size: int
+    train: object  # the raw train split
+    train_prep: object
+    evaluation: object  # the Extraction of the evaluation features
+    test_features: torch.Tensor
+    test_labels: np.ndarray
+    num_classes: int
+    parts: dict
+    key: str
+    checkpoint: Path
+
+
+def prepare_run(spec, info, settings, recipe: MoCoV3Recipe, seed: int, work_dir) -> ProbeRun:
+    """Join the process group, open the train split, extract the evaluation features (rank 0
+    first; the others then read them from the cache) and name the run by its settings."""
     from tinyvit_backbone.distributed import barrier, init_distributed
-    from tinyvit_backbone.files import atomic_torch_save
     from tinyvit_backbone.fingerprint import dataset_fingerprint
-    from tinyvit_backbone.progress import progress_bar
 
-    from .backbones import build_extractor
     from .device import autocast_dtype, select_device
-    from .extract import default_workers, input_config, prefetched
+    from .extract import input_config
     from .loaders import dataset_labels, load_split
-    from .preprocessing import SeededAugmentation, mocov3_train_preprocessing
-    from .registry import dataset_spec
-    from .results import MOCOV3, append_jsonl, make_record
-    from .settings import FeatureSettings, as_model_spec, base_fields, run_dir
+    from .preprocessing import mocov3_train_preprocessing
+    from .results import MOCOV3
+    from .settings import run_dir
 
-    t_start = time.perf_counter()
-    settings = settings or FeatureSettings()
-    log = log or _stderr
-    spec = as_model_spec(model)
-    info = dataset_spec(dataset)
     if info.train_split is None or info.test_split is None or info.multilabel:
         raise ValueError(f"{info.name} has no single-label train / test split (splits: "
                          f"{list(info.splits)}); the MoCo v3 probe needs one")
@@ -186,111 +200,158 @@ def run_mocov3(model, dataset: str, *, recipe: MoCoV3Recipe = MOCOV3_RECIPE, see
     data_config = input_config(spec, info, settings.image_size)
     size = int(data_config["input_size"][-1])
     train_prep = mocov3_train_preprocessing(data_config)
-    raw = load_split(info, info.train_split, settings.data_root, size)
-    labels = torch.from_numpy(dataset_labels(raw))
-    num_classes = int(labels.max()) + 1
-
-    # the evaluation features, extracted once (rank 0 first; the others then read the cache)
-    extract_s, test = 0.0, None
+    train = load_split(info, info.train_split, settings.data_root, size)
+    evaluation = None
     for turn in ("main", "others"):
         if (turn == "main") == env.is_main:
-            ex = settings.extract(spec, info.name, [info.test_split], preprocessing="mocov3-eval")
-            test, extract_s = ex.splits[info.test_split], ex.extract_s
+            evaluation = settings.extract(spec, info.name, [info.test_split],
+                                          preprocessing="mocov3-eval")
         barrier(env)
-    num_classes = max(num_classes, len(test.classes or ()))
-    test_features = torch.from_numpy(np.array(test.features, np.float32))  # read once
-
+    test = evaluation.splits[info.test_split]
+    num_classes = max(int(dataset_labels(train).max()) + 1, len(test.classes or ()))
+    amp_name = str(amp).replace("torch.", "") if amp else "fp32"
     parts = {"model": spec.key_parts(), "dataset": info.name, "train_split": info.train_split,
-             "dataset_fingerprint": dataset_fingerprint(raw), "train": train_prep.description,
-             "eval": ex.transform, "feature_layer": settings.feature_layer,
-             "recipe": asdict(recipe), "seed": seed,
-             "amp": str(amp).replace("torch.", "") if amp else "fp32"}
+             "dataset_fingerprint": dataset_fingerprint(train), "train": train_prep.description,
+             "eval": evaluation.transform, "feature_layer": settings.feature_layer,
+             "recipe": asdict(recipe), "seed": seed, "amp": amp_name}
     folder, key = run_dir(work_dir, MOCOV3, info.name, parts)
-    checkpoint_path = folder / "checkpoint.pth"
+    return ProbeRun(spec, info, settings, recipe, seed, env, device, amp, size, train, train_prep,
+                    evaluation, torch.from_numpy(np.array(test.features, np.float32)),
+                    np.asarray(test.labels), num_classes, parts, key, folder / "checkpoint.pth")
 
-    extractor = build_extractor(spec, settings.feature_layer, device)
-    dim = int(test.features.shape[1])
-    head = init_head(dim, num_classes, seed, recipe.init_std).to(device)
-    optimizer = torch.optim.SGD(head.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay)
-    history: list[dict] = []
-    state = _load_checkpoint(checkpoint_path, key)
-    if state is not None:
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = list(state["history"])
-        log(f"mocov3 {info.name}: resuming after epoch {len(history)} of {recipe.epochs} "
-            f"from {checkpoint_path}")
-    start_epoch = len(history)
+
+def restore(run: ProbeRun, head: nn.Module, optimizer, log) -> list[dict]:
+    """The history of the epochs already done (head and optimiser loaded from the checkpoint),
+    or [] for a fresh run."""
+    state = _load_checkpoint(run.checkpoint, run.key)
+    if state is None:
+        return []
+    head.load_state_dict(state["head"])
+    optimizer.load_state_dict(state["optimizer"])
+    log(f"mocov3 {run.info.name}: resuming after epoch {len(state['history'])} of "
+        f"{run.recipe.epochs} from {run.checkpoint}")
+    return list(state["history"])
+
+
+def train_epochs(run: ProbeRun, extractor: nn.Module, head: nn.Module, optimizer,
+                 history: list[dict], log) -> tuple[float, int, int]:
+    """The remaining epochs: train, evaluate, checkpoint (rank 0), each in turn. Appends to
+    ``history``; returns (training seconds, images seen over all processes, workers)."""
+    from tinyvit_backbone.distributed import barrier
+    from tinyvit_backbone.files import atomic_torch_save
+    from tinyvit_backbone.progress import progress_bar
+
+    from .extract import default_workers, prefetched
+    from .preprocessing import SeededAugmentation
+
+    env, recipe, device = run.env, run.recipe, run.device
     trained = head
     if env.distributed:
         trained = nn.parallel.DistributedDataParallel(
             head, device_ids=[device.index] if device.type == "cuda" else None)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-    data = SeededAugmentation(raw, train_prep.transform, seed)
+    data = SeededAugmentation(run.train, run.train_prep.transform, run.seed)
+    n = len(run.train)
     # every spare core: the loader feeds a frozen forward, the fastest step there is
-    workers = default_workers(len(raw), cap=None) if settings.workers is None else settings.workers
+    workers = default_workers(n, cap=None) if run.settings.workers is None else run.settings.workers
     sampler = EpochSampler()
     loader = training_loader(data, sampler, workers, device)
-    steps = len(epoch_batches(len(raw), recipe.batch_size, 0, seed, env.rank, env.world_size))
-    bar = progress_bar(total=recipe.epochs * steps, initial=start_epoch * steps, unit="step",
-                       desc=f"mocov3 {info.name}", enabled=settings.progress is not False and env.is_main)
-    train_s, images_seen = 0.0, 0
+    steps = len(epoch_batches(n, recipe.batch_size, 0, run.seed, env.rank, env.world_size))
+    start = len(history)
+    bar = progress_bar(total=recipe.epochs * steps, initial=start * steps, unit="step",
+                       desc=f"mocov3 {run.info.name}",
+                       enabled=run.settings.progress is not False and env.is_main)
+    train_s, images = 0.0, 0
     try:
-        for epoch in range(start_epoch, recipe.epochs):
+        for epoch in range(start, recipe.epochs):
             lr = recipe.lr_at(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            plan = epoch_batches(len(raw), recipe.batch_size, epoch, seed, env.rank, env.world_size)
+            plan = epoch_batches(n, recipe.batch_size, epoch, run.seed, env.rank, env.world_size)
             sampler.set(plan, epoch)
-            batches = loader if workers else prefetched(loader)
             t0 = time.perf_counter()
-            loss_sum, seen = train_epoch(extractor, trained, optimizer, batches,
-                                         [g for _, g in plan], train_prep.normalise, device, amp,
-                                         env.world_size, on_step=lambda n, loss: bar.update(1))
+            loss_sum, _ = train_epoch(extractor, trained, optimizer,
+                                      loader if workers else prefetched(loader),
+                                      [g for _, g in plan], run.train_prep.normalise, device,
+                                      run.amp, env.world_size, on_step=lambda n, loss: bar.update(1))
             train_s += time.perf_counter() - t0
-            images_seen += sum(g for _, g in plan)
-            if env.is_main:
-                metrics = evaluate_head(head, test_features, test.labels)
+            images += sum(g for _, g in plan)
+            if not env.is_main:
+                history.append({"epoch": epoch + 1})
+            else:
+                metrics = evaluate_head(head, run.test_features, run.test_labels)
                 history.append({"epoch": epoch + 1, "lr": lr,
                                 "train_loss": loss_sum / max(1, len(plan)),
                                 "top1": metrics["top1"], "metrics": metrics})
                 best = max(history, key=lambda h: h["top1"])
                 bar.set_postfix(epoch=epoch + 1, top1=f"{metrics['top1']:.2f}")
-                log(f"mocov3 {info.name}: epoch {epoch + 1}/{recipe.epochs} lr {lr:.4g} loss "
+                log(f"mocov3 {run.info.name}: epoch {epoch + 1}/{recipe.epochs} lr {lr:.4g} loss "
                     f"{history[-1]['train_loss']:.4f} top-1 {metrics['top1']:.2f} (best "
                     f"{best['top1']:.2f} at epoch {best['epoch']})")
-                atomic_torch_save(checkpoint_path, {
-                    "format": CHECKPOINT_FORMAT, "key": key, "settings": parts,
+                atomic_torch_save(run.checkpoint, {
+                    "format": CHECKPOINT_FORMAT, "key": run.key, "settings": run.parts,
                     "epoch": epoch + 1, "head": head.state_dict(),
                     "optimizer": optimizer.state_dict(), "history": history})
-            else:
-                history.append({"epoch": epoch + 1})
             barrier(env)
     finally:
         bar.close()
-    if not env.is_main:
-        return None
-    final = history[-1]["metrics"] if history else evaluate_head(head, test_features, test.labels)
+    return train_s, images, workers
+
+
+def probe_record(run: ProbeRun, head: nn.Module, history: list[dict], resumed_from: int,
+                 timings: dict, **extra) -> dict:
+    """The result record: the last epoch's metrics, the best epoch's top-1, the history."""
+    from .results import MOCOV3, make_record
+    from .settings import base_fields
+
+    final = history[-1]["metrics"] if history else evaluate_head(head, run.test_features,
+                                                                 run.test_labels)
     best = max(history, key=lambda h: h["top1"]) if history else {"top1": final["top1"], "epoch": 0}
-    record = make_record(
-        **base_fields("linear_probe", MOCOV3, spec, settings, "top1", dataset=info.name,
-                      image_size=size, feature_dim=dim, preprocessing=ex.transform,
-                      cache_hit=None),
-        split_sizes={"train": len(raw), "val": 0, "test": int(len(test.labels))}, seed=int(seed),
-        weight_decay=recipe.weight_decay, metrics=final,
-        timings={"extract_s": extract_s, "fit_s": train_s,
-                 "total_s": time.perf_counter() - t_start},
-        recipe=asdict(recipe), lr=recipe.lr, schedule="cosine per epoch",
-        train_preprocessing=train_prep.description, num_classes=num_classes,
+    return make_record(
+        **base_fields("linear_probe", MOCOV3, run.spec, run.settings, "top1",
+                      dataset=run.info.name, image_size=run.size,
+                      feature_dim=int(run.test_features.shape[1]),
+                      preprocessing=run.evaluation.transform, cache_hit=None),
+        split_sizes={"train": len(run.train), "val": 0, "test": int(len(run.test_labels))},
+        seed=int(run.seed), weight_decay=run.recipe.weight_decay, metrics=final, timings=timings,
+        recipe=asdict(run.recipe), lr=run.recipe.lr, schedule="cosine per epoch",
+        train_preprocessing=run.train_prep.description, num_classes=run.num_classes,
         best={"top1": best["top1"], "epoch": best["epoch"]},
         history=[{k: h[k] for k in ("epoch", "lr", "train_loss", "top1")} for h in history],
-        resumed_from_epoch=start_epoch, world_size=env.world_size, device=str(device),
-        amp=parts["amp"], workers=workers,
-        images_per_s=images_seen / train_s if train_s else None,
-        checkpoint=str(checkpoint_path))
+        resumed_from_epoch=resumed_from, world_size=run.env.world_size, device=str(run.device),
+        amp=run.parts["amp"], checkpoint=str(run.checkpoint), **extra)
+
+
+def run_mocov3(model, dataset: str, *, recipe: MoCoV3Recipe = MOCOV3_RECIPE, seed: int = 0,
+               settings=None, work_dir=None, output=None,
+               log: Callable[[str], None] | None = None) -> dict | None:
+    """Train and score a MoCo v3 linear probe of ``model`` on ``dataset`` (module docstring).
+
+    Returns the record on rank 0 (also appended to ``output``), None on the other processes."""
+    from .backbones import build_extractor
+    from .registry import dataset_spec
+    from .results import append_jsonl
+    from .settings import FeatureSettings, as_model_spec
+
+    t_start = time.perf_counter()
+    settings = settings or FeatureSettings()
+    log = log or _stderr
+    run = prepare_run(as_model_spec(model), dataset_spec(dataset), settings, recipe, seed, work_dir)
+    extractor = build_extractor(run.spec, settings.feature_layer, run.device)
+    head = init_head(int(run.test_features.shape[1]), run.num_classes, seed,
+                     recipe.init_std).to(run.device)
+    optimizer = torch.optim.SGD(head.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    history = restore(run, head, optimizer, log)
+    resumed_from = len(history)
+    train_s, images, workers = train_epochs(run, extractor, head, optimizer, history, log)
+    if not run.env.is_main:
+        return None
+    record = probe_record(run, head, history, resumed_from,
+                          {"extract_s": run.evaluation.extract_s, "fit_s": train_s,
+                           "total_s": time.perf_counter() - t_start},
+                          workers=workers, images_per_s=images / train_s if train_s else None)
     if output:
         append_jsonl(output, [record])
     return record

@@ -3,7 +3,8 @@
 * :class:`MoCoV3Recipe` — MoCo v3's ``main_lincls.py`` (facebookresearch/moco-v3).
 * :class:`CdfslRecipe` and the ``CDFSL_*`` episode settings — cdfsl's ``finetune.py``
   (IBM/cdfsl-benchmark).
-* :data:`LBFGS_FAST_WEIGHT_DECAY` — the fixed weight decay of the fast few-shot episodes (ours).
+* :data:`FEWSHOT_WEIGHT_DECAY` — the fixed weight decay of the fast few-shot heads: the
+  ``lbfgs-fast`` episodes and the 1-shot probes, where no val can be carved (ours).
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ CDFSL_QUERIES = 15  # query images per class
 CDFSL_EPISODES = 600
 CDFSL_SHOTS = (5, 20, 50)
 
-LBFGS_FAST_WEIGHT_DECAY = 1e-2
+FEWSHOT_WEIGHT_DECAY = 1e-2
 
 MOCOV3_RECIPE = MoCoV3Recipe()
 CDFSL_RECIPE = CdfslRecipe()

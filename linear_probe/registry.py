@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import loaders
-from .paths import default_data_root  # noqa: F401  (re-exported: where datasets live)
 from .results import DATASET_TITLES, PAPER_FEWSHOT, PAPER_LINEAR
 
 
