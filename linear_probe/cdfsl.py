@@ -148,19 +148,20 @@ def frozen_accuracies(features, episodes: Episodes, *, seed: int = 0,
 def finetune_episode(extractor: nn.Module, initial_state: dict, support: torch.Tensor,
                      query: torch.Tensor, n_way: int, *, seed: int, episode: int,
                      recipe: CdfslRecipe = CDFSL_RECIPE, freeze_backbone: bool = False,
-                     amp_dtype: torch.dtype | None = None) -> float:
+                     amp_dtype: torch.dtype | None = None, dim: int | None = None) -> float:
     """Query accuracy (%) of one episode, training the head on the support images and (unless
     ``freeze_backbone``) fine-tuning ``extractor`` with it.
 
     ``support`` (n_way k, 3, H, W) and ``query`` (n_way q, 3, H, W) are normalised images on
     the extractor's device, class-major (image j belongs to class j // k). ``extractor`` maps
-    images to (B, d) features; its weights and buffers are reset to ``initial_state`` first."""
+    images to (B, ``dim``) features; its weights and buffers are reset to ``initial_state``
+    first."""
     from tinyvit_backbone.device import autocast
 
     device = support.device
     extractor.load_state_dict(initial_state)
     k, q = len(support) // n_way, len(query) // n_way
-    head = nn.Linear(feature_dim(extractor, support), n_way).to(device)
+    head = nn.Linear(dim or feature_dim(extractor, support), n_way).to(device)
     weight, bias = init_head(head.in_features, n_way, seed, episode)
     with torch.no_grad():
         head.weight.copy_(weight)
@@ -207,13 +208,10 @@ def finetune_episode(extractor: nn.Module, initial_state: dict, support: torch.T
 
 
 def feature_dim(extractor: nn.Module, images: torch.Tensor) -> int:
-    """Feature width of ``extractor`` (its ``num_features`` where timm states it)."""
-    net = getattr(extractor, "net", extractor)
-    dim = getattr(net, "num_features", None) or getattr(net, "head_hidden_size", None)
-    if dim:
-        return int(dim)
+    """Width of ``extractor``'s features (one image through it in eval mode)."""
+    extractor.eval()
     with torch.no_grad():
-        return int(extractor.eval()(images[:1]).shape[1])
+        return int(extractor(images[:1]).shape[1])
 
 
 class EpisodeLog:
@@ -274,12 +272,15 @@ def finetuned_accuracies(extractor: nn.Module, images: Callable[[np.ndarray], to
         for i in todo:
             yield i, images(episodes.support[i]), images(episodes.query[i])
 
+    dim = None
     try:
         for i, support, query in prefetched(load(), depth=1):
             start = time.perf_counter()
+            dim = dim or feature_dim(extractor, support)
             accs[i] = finetune_episode(extractor, initial, support, query, episodes.n_way,
                                        seed=seed, episode=first + i, recipe=recipe,
-                                       freeze_backbone=freeze_backbone, amp_dtype=amp_dtype)
+                                       freeze_backbone=freeze_backbone, amp_dtype=amp_dtype,
+                                       dim=dim)
             if log is not None:
                 log.add(first + i, accs[i])
             if on_episode is not None:
