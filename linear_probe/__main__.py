@@ -37,7 +37,7 @@ from .recipes import (
     FEWSHOT_WEIGHT_DECAY,
     MOCOV3_RECIPE,
 )
-from .results import CDFSL, LBFGS_FAST
+from .results import CDFSL, LBFGS_FAST, PRETRAININGS
 
 DEFAULT_OUTPUT = "results/linear_probe.jsonl"
 INTERRUPTED = ("interrupted: rerun the same command to resume (feature extraction, mocov3 epochs "
@@ -57,6 +57,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "omitted = random init (digest 'random')")
     g.add_argument("--label", default=None, help="model name in the results (default e.g. tinyvit-21m)")
     g.add_argument("--init-seed", type=int, default=0, help="seed of the random init (no --weights)")
+    g.add_argument("--pretraining", choices=PRETRAININGS, default=None,
+                   help="what the weights were pretrained on, recorded with the results (the "
+                        "rows of the paper's Table 5)")
 
 
 def _dataset_args(p: argparse.ArgumentParser, *, download: bool = True) -> argparse._ArgumentGroup:
@@ -201,7 +204,7 @@ def _log(line: str) -> None:
 def _spec(args):
     from .backbones import ModelSpec
     return ModelSpec(model=args.model, arch=args.arch, weights=args.weights, label=args.label,
-                     init_seed=args.init_seed)
+                     init_seed=args.init_seed, pretraining=args.pretraining)
 
 
 def _settings(args, batch_size: int | None = None):

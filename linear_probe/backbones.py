@@ -52,6 +52,7 @@ class ModelSpec:
     weights: str | None = None
     label: str | None = None
     init_seed: int = 0
+    pretraining: str | None = None  # one of linear_probe.results.PRETRAININGS, recorded as is
     _arch_cache: dict | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -62,6 +63,10 @@ class ModelSpec:
                              f"got {self.model!r}")
         if self.model == "tinyvit" and self.arch is None:
             self.arch = "21m"
+        from .results import PRETRAININGS
+        if self.pretraining is not None and self.pretraining not in PRETRAININGS:
+            raise ValueError(f"--pretraining must be one of {', '.join(PRETRAININGS)}, got "
+                             f"{self.pretraining!r}")
         if self.weights is not None:
             # A registry name, URL or hub tag becomes its verified file in the caches (fetched
             # once), so the digest and the loader below see a local file.

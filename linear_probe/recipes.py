@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,10 @@ class MoCoV3Recipe:
         """Cosine schedule, set once per epoch."""
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
 
+    def with_epochs(self, epochs: int) -> MoCoV3Recipe:
+        """The same recipe over ``epochs`` epochs (a shortened run; its records say so)."""
+        return replace(self, epochs=int(epochs))
+
 
 @dataclass(frozen=True)
 class CdfslRecipe:
@@ -48,6 +52,10 @@ class CdfslRecipe:
     def steps(self, support_size: int) -> int:
         """Optimiser steps per episode."""
         return self.epochs * math.ceil(support_size / self.batch_size)
+
+    def with_epochs(self, epochs: int) -> CdfslRecipe:
+        """The same recipe over ``epochs`` epochs per episode (a demo; its records say so)."""
+        return replace(self, epochs=int(epochs))
 
 
 CDFSL_WAYS = 5

@@ -12,6 +12,7 @@ Record fields (:data:`RECORD_FIELDS`; every record has these, extra ones may fol
     model           label, e.g. "tinyvit-21m" or the user's --label
     arch            "5m" | "11m" | "21m" | JSON path | dict (TinyViT), timm model name
     weights         checkpoint path or null;  weights_digest: sha256 prefix or "random"
+    pretraining     "in1k" | "in1k-distill" | "in21k" | "in21k-distill" (PRETRAININGS) or null
     dataset         registry name (DATASET_TITLES);  feature_layer: "pooled" | "stage<i>"
     split_sizes     {"train": rows fitted, "val": rows for the weight-decay search,
                      "test": rows scored} (episodes: per episode: support, 0, queries)
@@ -57,6 +58,13 @@ PROTOCOL_TASKS = {MOCOV3: ("linear_probe",), CLIP_LBFGS: ("linear_probe", "kshot
                   CDFSL: ("episodes",), LBFGS_FAST: ("episodes",)}
 # The metric a protocol scores by; clip-lbfgs scores each dataset by its official metric.
 PROTOCOL_METRIC = {MOCOV3: "top1", CDFSL: "top1", LBFGS_FAST: "top1"}
+
+# --------------------------------------------------------------------------- pretrainings
+# What the evaluated weights were pretrained on (the rows of the paper's Table 5); "⚗" = with
+# the fast pretraining distillation.
+PRETRAININGS = ("in1k", "in1k-distill", "in21k", "in21k-distill")
+PRETRAINING_TITLES = {"in1k": "IN-1k", "in1k-distill": "IN-1k ⚗", "in21k": "IN-21k",
+                      "in21k-distill": "IN-21k ⚗"}
 
 # --------------------------------------------------------------------------- metrics
 METRICS = ("top1", "top5", "mean_per_class", "map11")
@@ -126,6 +134,7 @@ RECORD_FIELDS = {
     "arch": "TinyViT variant / architecture, or the timm model name",
     "weights": "checkpoint path, or null for a random init",
     "weights_digest": "sha256 prefix of the weights, or 'random'",
+    "pretraining": "what the weights were pretrained on (PRETRAININGS), or null if not said",
     "dataset": "registry name",
     "feature_layer": "'pooled' or 'stage<i>'",
     "split_sizes": "rows fitted / used for the search / scored",
@@ -151,6 +160,9 @@ def make_record(**fields) -> dict:
         raise ValueError(f"task must be one of {TASKS}, got {record['task']!r}")
     if record["protocol"] not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {record['protocol']!r}")
+    if record["pretraining"] is not None and record["pretraining"] not in PRETRAININGS:
+        raise ValueError(f"pretraining must be one of {PRETRAININGS} or None, got "
+                         f"{record['pretraining']!r}")
     if record["task"] not in PROTOCOL_TASKS[record["protocol"]]:
         raise ValueError(f"protocol {record['protocol']!r} does not do task {record['task']!r} "
                          f"(it does {PROTOCOL_TASKS[record['protocol']]})")

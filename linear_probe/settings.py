@@ -68,7 +68,8 @@ def base_fields(task: str, protocol: str, spec: ModelSpec, settings: FeatureSett
     ``inputs`` are the dataset and image fields, e.g. :func:`extraction_fields`'s."""
     return {"task": task, "protocol": protocol, "model": spec.display_label(),
             "arch": spec.arch_field(), "weights": spec.weights,
-            "weights_digest": spec.weights_digest(), "feature_layer": settings.feature_layer,
+            "weights_digest": spec.weights_digest(), "pretraining": spec.pretraining,
+            "feature_layer": settings.feature_layer,
             "metric": metric, **inputs}
 
 

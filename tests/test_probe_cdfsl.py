@@ -26,6 +26,7 @@ def test_recipe_is_finetune_py():
     assert (r.epochs, r.batch_size, r.head_lr, r.momentum, r.dampening, r.weight_decay,
             r.backbone_lr) == (100, 4, 0.01, 0.9, 0.9, 0.001, 0.01)
     assert [r.steps(5 * k) for k in (5, 20, 50)] == [700, 2500, 6300]
+    assert r.with_epochs(4) == SHORT and r.epochs == 100
     optimizer = cdfsl.head_optimizer([nn.Parameter(torch.zeros(2))], r)
     group = optimizer.param_groups[0]
     assert (group["lr"], group["momentum"], group["dampening"], group["weight_decay"]) == \

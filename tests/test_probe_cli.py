@@ -113,9 +113,10 @@ def test_kshot_records_and_val_from_shots_only(env, monkeypatch, capsys):
 
 def test_episodes_record(env):
     args, out = _args(env, "episodes", "--protocol", "lbfgs-fast", "--k", "5", "--episodes",
-                      "20", "--n-way", "5")
+                      "20", "--n-way", "5", "--pretraining", "in21k-distill")
     assert main(args) == 0
     (record,) = read_jsonl(out)
+    assert record["pretraining"] == "in21k-distill"
     assert record["task"] == "episodes" and record["n_way"] == 5 and record["episodes"] == 20
     assert record["protocol"] == "lbfgs-fast"
     assert record["split_sizes"] == {"train": 25, "val": 0, "test": 75} and record["split"] == "test"
@@ -132,6 +133,12 @@ def test_cli_errors_are_messages_not_tracebacks(env, capsys):
     assert "--model must be 'tinyvit' or 'timm:<name>'" in capsys.readouterr().err
     assert main(["sweep", "--weights", "nope.pth", "--dataset", "digits"]) == 2
     assert "--weights 'nope.pth': no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "--dataset", "digits", "--pretraining", "in22k"])
+    assert exit_.value.code == 2 and "invalid choice: 'in22k'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--pretraining must be one of in1k, in1k-distill"):
+        from linear_probe.backbones import ModelSpec
+        ModelSpec("tinyvit", arch="5m", pretraining="imagenet")
     assert main(["sweep", "--dataset", "digits", "--device", "cuda"]) == 2
     assert "--device cuda asks for CUDA, but torch sees no GPU" in capsys.readouterr().err
 

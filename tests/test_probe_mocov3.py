@@ -37,6 +37,8 @@ def test_recipe_is_main_lincls():
     assert recipe.lr == pytest.approx(0.4)  # 0.1 x 1024 / 256
     assert recipe.lr_at(0) == pytest.approx(0.4) and recipe.lr_at(45) == pytest.approx(0.2)
     assert 0 < recipe.lr_at(89) < 0.001
+    short = recipe.with_epochs(3)
+    assert short.epochs == 3 and short.lr == recipe.lr and recipe.epochs == 90
     head = mocov3.init_head(256, 100, seed=0)
     assert float(head.weight.detach().std()) == pytest.approx(0.01, rel=0.02) and not head.bias.any()
     assert torch.equal(head.weight, mocov3.init_head(256, 100, seed=0).weight)
