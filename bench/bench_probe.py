@@ -205,7 +205,9 @@ def _mocov3_figures(case: str, spec, repeats: int) -> list[Figure]:
     raw = load_split(dataset_spec("digits"), "train", None, 32)
     data = SeededAugmentation(raw, prep.transform, seed=0)
     extractor = build_extractor(spec, "pooled", device)
-    head = init_head(int(extractor.net.num_features), 10, 0).to(device)
+    with torch.no_grad():
+        dim = int(extractor(prep.normalise(data[0][0][None]).to(device)).shape[1])
+    head = init_head(dim, 10, 0).to(device)
     opt = torch.optim.SGD(head.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     plan = epoch_batches(len(raw), recipe.batch_size, 0, 0)
     n = sum(g for _, g in plan)

@@ -87,6 +87,9 @@ def _feature_args(p: argparse.ArgumentParser, *, batch_size: bool = True) -> Non
     if batch_size:
         g.add_argument("--batch-size", type=int, default=None,
                        help="extraction batch (default 64 on CPU, 256 on GPU)")
+    g.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="CPU runtime of the extraction: torch (the fused fast path), onnxruntime "
+                        "(the model exported to ONNX; needs the [onnx] extra) or auto (default)")
     add_runtime_flags(p, workers=None)
 
 
@@ -212,7 +215,7 @@ def _settings(args, batch_size: int | None = None):
     return FeatureSettings(data_root=args.data_root, cache_dir=args.cache_dir,
                            feature_layer=args.feature_layer, image_size=args.image_size,
                            batch_size=batch_size, workers=args.workers, device=args.device,
-                           amp=args.amp, progress=args.progress)
+                           amp=args.amp, progress=args.progress, backend=args.backend)
 
 
 def _describe(result: dict) -> str:

@@ -217,7 +217,8 @@ def run_suite(
 
     ``model``: :class:`ModelSpec`, dict of its fields, or 'tinyvit-5m' / 'timm:<name>'.
     ``settings`` gives every feature setting; without it, the keyword arguments
-    (``cache_dir``, ``data_root``, ``device``, ``image_size``, ``progress``) make one.
+    (``cache_dir``, ``data_root``, ``device``, ``image_size``, ``progress``, ``backend``)
+    make one.
     ``quick`` (demo scale): k = 1, 5, 10 x ``seeds``; 5-way episodes with K = 5, 20 and 100
     episodes. Otherwise k = 1, 5, 10, 20, 50 and K = 5, 20, 50 with 600 episodes (cdfsl); K
     values the episode split cannot hold (K + 15 queries > smallest class) are skipped with a
@@ -227,7 +228,7 @@ def run_suite(
     """
     if settings is None:
         settings = FeatureSettings(data_root=data_root, cache_dir=cache_dir, device=device,
-                                   image_size=image_size, progress=progress)
+                                   image_size=image_size, progress=progress, backend=backend)
     spec = as_model_spec(model)
     ks = ks if ks is not None else ((1, 5, 10) if quick else (1, 5, 10, 20, 50))
     episode_ks = episode_ks if episode_ks is not None else ((5, 20) if quick else (5, 20, 50))

@@ -126,6 +126,7 @@ def extract_splits(
     amp: bool | None = None,
     progress: bool = True,
     extractor: FeatureExtractor | None = None,
+    backend: str = "auto",
     preprocessing: str | None = None,
 ) -> Extraction:
     """Cached features of ``splits`` of ``dataset`` for ``spec`` (extracting what is missing).
@@ -133,13 +134,21 @@ def extract_splits(
     The model is built only when some split is not cached (or passed in as ``extractor``,
     which must be ``spec``'s at ``feature_layer`` on ``device``: reuse one across datasets).
     ``image_size`` defaults to the dataset's own for TinyViT (digits: 32), else the model's
-    (TinyViT: 224; a timm model: its pretrained config's). ``preprocessing`` names a style of
+    (TinyViT: 224; a timm model: its pretrained config's). ``backend``: 'torch', 'onnxruntime'
+    or 'auto' (:func:`tinyvit_backbone.inference.resolve_backend`); both give the same features
+    within 1e-4, so the cache entry is shared. ``preprocessing`` names a style of
     :func:`linear_probe.preprocessing.eval_preprocessing` that a protocol prescribes (e.g.
     'mocov3-eval'); None = the dataset's own.
     """
     info = dataset_spec(dataset)
     device = select_device(device)
     amp_dtype = autocast_dtype(device, amp)
+    if batch_size is None:
+        batch_size = 256 if device.type == "cuda" else 64
+    if extractor is None:
+        from tinyvit_backbone.inference import resolve_backend
+        backend = resolve_backend(backend, device, tinyvit=spec.kind == "tinyvit",
+                                  batch_size=batch_size)
     data_config = input_config(spec, info, image_size)
     size = int(data_config["input_size"][-1])
     prep = _preprocessing(info, data_config, preprocessing)

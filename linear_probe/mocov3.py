@@ -338,7 +338,8 @@ def run_mocov3(model, dataset: str, *, recipe: MoCoV3Recipe = MOCOV3_RECIPE, see
     settings = settings or FeatureSettings()
     log = log or _stderr
     run = prepare_run(as_model_spec(model), dataset_spec(dataset), settings, recipe, seed, work_dir)
-    extractor = build_extractor(run.spec, settings.feature_layer, run.device)
+    # eval mode throughout: batch-norm statistics are part of the pretrained model
+    extractor = build_extractor(run.spec, settings.feature_layer, run.device).eval()
     head = init_head(int(run.test_features.shape[1]), run.num_classes, seed,
                      recipe.init_std).to(run.device)
     optimizer = torch.optim.SGD(head.parameters(), lr=recipe.lr, momentum=recipe.momentum,

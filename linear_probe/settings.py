@@ -29,7 +29,8 @@ class FeatureSettings:
     """How features are produced and where they are cached (shared by all evaluations).
 
     ``amp`` None follows the device policy (on for CUDA); ``workers`` None picks per split
-    size; ``batch_size`` None: 256 on a GPU, 64 on a CPU."""
+    size; ``batch_size`` None: 256 on a GPU, 64 on a CPU; ``backend`` the CPU runtime of the
+    extraction (:func:`tinyvit_backbone.inference.resolve_backend`)."""
 
     data_root: str | None = None
     cache_dir: str | None = None
@@ -40,6 +41,7 @@ class FeatureSettings:
     device: str | None = None
     amp: bool | None = None
     progress: bool | None = True
+    backend: str = "auto"
 
     def extract(self, spec: ModelSpec, dataset: str, splits: list[str],
                 preprocessing: str | None = None) -> Extraction:
@@ -47,7 +49,8 @@ class FeatureSettings:
                               cache_dir=self.cache_dir, feature_layer=self.feature_layer,
                               image_size=self.image_size, batch_size=self.batch_size,
                               workers=self.workers, device=self.device, amp=self.amp,
-                              progress=self.progress is not False, preprocessing=preprocessing)
+                              progress=self.progress is not False, backend=self.backend,
+                              preprocessing=preprocessing)
 
 
 def as_model_spec(model) -> ModelSpec:

@@ -108,7 +108,7 @@ def test_mocov3_on_digits_learns_keeps_the_backbone_and_resumes(tmp_path, cache_
     assert record["resumed_from_epoch"] == 0 and record["world_size"] == 1
     # the backbone never moved (main_lincls.py's sanity check)
     extractor, before = built[0]
-    assert not extractor.training
+    assert not any(module.training for module in extractor.modules())
     assert all(torch.equal(before[k], v) for k, v in extractor.state_dict().items())
 
     # interrupted during epoch 3: the checkpoint of epoch 2 is kept; a rerun finishes the same run
