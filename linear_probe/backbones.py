@@ -23,7 +23,6 @@ Feature layers (``--feature-layer``):
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -39,11 +38,8 @@ def file_digest(path: str, length: int = 16) -> str:
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
+        from tinyvit_backbone.files import sha256_file
+        _DIGESTS[key] = sha256_file(path)
     return _DIGESTS[key][:length]
 
 
@@ -56,6 +52,7 @@ class ModelSpec:
     weights: str | None = None
     label: str | None = None
     init_seed: int = 0
+    pretraining: str | None = None  # one of linear_probe.results.PRETRAININGS, recorded as is
     _arch_cache: dict | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -66,6 +63,10 @@ class ModelSpec:
                              f"got {self.model!r}")
         if self.model == "tinyvit" and self.arch is None:
             self.arch = "21m"
+        from .results import PRETRAININGS
+        if self.pretraining is not None and self.pretraining not in PRETRAININGS:
+            raise ValueError(f"--pretraining must be one of {', '.join(PRETRAININGS)}, got "
+                             f"{self.pretraining!r}")
         if self.weights is not None:
             # A registry name, URL or hub tag becomes its verified file in the caches (fetched
             # once), so the digest and the loader below see a local file.

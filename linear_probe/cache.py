@@ -31,12 +31,10 @@ import numpy as np
 
 from tinyvit_backbone.files import atomic_write_text
 
+from .paths import default_cache_dir
+
 # Bump when the extraction code changes what features come out for the same inputs.
 EXTRACTOR_VERSION = 1
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("TINYVIT_CACHE", os.path.join("work_dirs", "features"))
 
 
 def canonical_json(obj) -> str:

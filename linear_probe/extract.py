@@ -15,26 +15,24 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from tinyvit_backbone.fingerprint import dataset_fingerprint
+from tinyvit_backbone.progress import progress_bar
+
 from .backbones import FeatureExtractor, ModelSpec, build_extractor
 from .cache import CachedFeatures, FeatureCache
-from .datasets import (
-    DatasetInfo,
-    Preprocessed,
-    class_names,
-    eval_transform,
-    fingerprint,
-    get_info,
-    load_split,
-)
 from .device import autocast_dtype, select_device
+from .loaders import class_names, load_split
+from .preprocessing import Preprocessed, Preprocessing, dataset_preprocessing
+from .registry import DatasetSpec, dataset_spec
 
 
-def default_workers(n_images: int) -> int:
+def default_workers(n_images: int, cap: int | None = 8) -> int:
     """DataLoader workers: none for small sets (spawning costs more than it saves; most get a
-    prefetch thread instead), else one per spare core up to 8."""
+    prefetch thread instead), else one per spare core, up to ``cap`` (None: no cap)."""
     if n_images <= 4096:
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    spare = max(1, (os.cpu_count() or 2) - 1)
+    return spare if cap is None else min(cap, spare)
 
 
 def prefetched(batches, depth: int = 2):
@@ -88,18 +86,29 @@ class Extraction:
     """What :func:`extract_splits` produced: one cache entry per split, and the settings."""
 
     splits: dict[str, CachedFeatures]
-    info: DatasetInfo
+    info: DatasetSpec
     image_size: int
     transform: dict
     extract_s: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def key_parts(spec: ModelSpec, info: DatasetInfo, split: str, dataset_fp: str, transform: dict,
+def key_parts(spec: ModelSpec, info: DatasetSpec, split: str, dataset_fp: str, transform: dict,
               layer: str, amp: torch.dtype | None) -> dict:
     return {"model": spec.key_parts(), "dataset": info.name, "dataset_fingerprint": dataset_fp,
             "split": split, "transform": transform, "feature_layer": layer,
             "amp": str(amp).replace("torch.", "") if amp else "fp32"}
+
+
+def input_config(spec: ModelSpec, info: DatasetSpec, image_size: int | None = None) -> dict:
+    """The model's timm data config at ``image_size``; by default the dataset's own size for
+    TinyViT (digits: 32), else the model's (TinyViT: 224; a timm model: its pretrained
+    config's)."""
+    if image_size is None and spec.kind == "tinyvit":
+        # TinyViT takes any input size; a timm model may not (ViTs fix theirs), so it keeps
+        # its own default unless --image-size says otherwise
+        image_size = info.default_image_size
+    return spec.data_config(image_size)
 
 
 def extract_splits(
@@ -118,6 +127,7 @@ def extract_splits(
     progress: bool = True,
     extractor: FeatureExtractor | None = None,
     backend: str = "auto",
+    preprocessing: str | None = None,
 ) -> Extraction:
     """Cached features of ``splits`` of ``dataset`` for ``spec`` (extracting what is missing).
 
@@ -126,9 +136,11 @@ def extract_splits(
     ``image_size`` defaults to the dataset's own for TinyViT (digits: 32), else the model's
     (TinyViT: 224; a timm model: its pretrained config's). ``backend``: 'torch', 'onnxruntime'
     or 'auto' (:func:`tinyvit_backbone.inference.resolve_backend`); both give the same features
-    within 1e-4, so the cache entry is shared.
+    within 1e-4, so the cache entry is shared. ``preprocessing`` names a style of
+    :func:`linear_probe.preprocessing.eval_preprocessing` that a protocol prescribes (e.g.
+    'mocov3-eval'); None = the dataset's own.
     """
-    info = get_info(dataset)
+    info = dataset_spec(dataset)
     device = select_device(device)
     amp_dtype = autocast_dtype(device, amp)
     if batch_size is None:
@@ -137,13 +149,9 @@ def extract_splits(
         from tinyvit_backbone.inference import resolve_backend
         backend = resolve_backend(backend, device, tinyvit=spec.kind == "tinyvit",
                                   batch_size=batch_size)
-    if image_size is None and spec.kind == "tinyvit":
-        # TinyViT takes any input size; a timm model may not (ViTs fix theirs), so it keeps
-        # its own default unless --image-size says otherwise
-        image_size = info.default_image_size
-    data_config = spec.data_config(image_size)
+    data_config = input_config(spec, info, image_size)
     size = int(data_config["input_size"][-1])
-    prep = eval_transform(info, data_config)
+    prep = _preprocessing(info, data_config, preprocessing)
     cache = FeatureCache(cache_dir)
     out: dict[str, CachedFeatures] = {}
     seconds: dict[str, float] = {}
@@ -153,7 +161,7 @@ def extract_splits(
         raw = load_split(info, split, data_root, size)
         if len(raw) == 0:
             raise ValueError(f"{info.name}/{split} has no images")
-        parts = key_parts(spec, info, split, fingerprint(raw), prep.description, feature_layer,
+        parts = key_parts(spec, info, split, dataset_fingerprint(raw), prep.description, feature_layer,
                           amp_dtype)
         entry = cache.load(parts)
         if entry is None:
@@ -170,10 +178,15 @@ def extract_splits(
     return Extraction(out, info, size, prep.description, time.perf_counter() - start_all, seconds)
 
 
+def _preprocessing(info: DatasetSpec, data_config: dict, style: str | None) -> Preprocessing:
+    if style is None:
+        return dataset_preprocessing(info, data_config)
+    from .preprocessing import eval_preprocessing
+    return eval_preprocessing(style, data_config)
+
+
 def _extract_one(extractor, cache, parts, raw, prep, info, split, batch_size, workers,
                  device, amp_dtype, progress) -> CachedFeatures:
-    from tqdm.auto import tqdm
-
     n = len(raw)
     writer = cache.writer(parts, n)
     data = Preprocessed(raw, prep.transform)
@@ -192,8 +205,8 @@ def _extract_one(extractor, cache, parts, raw, prep, info, split, batch_size, wo
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
     t0 = time.perf_counter()
-    bar = tqdm(total=n, initial=writer.done, unit="img", disable=not progress,
-               desc=f"extract {info.name}/{split}", leave=False)
+    bar = progress_bar(total=n, initial=writer.done, unit="img", enabled=progress,
+                       desc=f"extract {info.name}/{split}", leave=False)
     row = resumed = writer.done
     try:
         with torch.inference_mode(), autocast:

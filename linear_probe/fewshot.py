@@ -1,21 +1,21 @@
-"""Few-shot protocols on cached features: k-shot linear probes and cdfsl N-way K-shot episodes.
+"""Few-shot sampling (k-shot sets, cdfsl N-way K-shot episodes) and the fast episode solver.
 
-**k-shot** (ELEVATER-style): for each seed, ``k`` training images per class are drawn from the
-train split; the weight decay is searched on a class-balanced val carved *from those shots
-only* (20%, at least one per class; none when k = 1, which then uses
-:data:`DEFAULT_FEWSHOT_WD`), the head is refitted on all the shots, and it is scored on the
+**k-shot** (ELEVATER-style, protocol ``clip-lbfgs``): for each seed, ``k`` training images per
+class are drawn from the train split; the weight decay is searched on a class-balanced val
+carved *from those shots only* (20%, at least one per class; none when k = 1, which then uses
+:data:`FEWSHOT_WEIGHT_DECAY`), the head is refitted on all the shots, and it is scored on the
 full test split. Shots are nested: for one seed, the 5 shots of a class are the first 5 of its
 10 shots, so curves over k are not confounded by resampling.
 
 **Episodes** (cdfsl, Guo et al. 2020): each episode draws ``n_way`` classes, ``k`` support and
-``n_query`` (15) query images per class from one split; a logistic-regression head with a
-fixed weight decay is fitted on the support features and scored on the queries. Reported: mean
-accuracy over the episodes (600) and the 95% interval ``1.96 * std / sqrt(episodes)`` (cdfsl's
-formula, population std). Episodes are solved in batches by one L-BFGS run each (see
-:mod:`linear_probe.solver`), which gives each episode its own optimum.
-
-Both use unit-RMS L2-normalised features by default (no statistics over samples: k shots are
-too few to estimate a per-dimension std).
+``n_query`` (15) query images per class from one split (:func:`sample_episodes`, seeded).
+Reported: mean accuracy over the episodes (600) and the 95% interval
+``1.96 * std / sqrt(episodes)`` (cdfsl's formula, population std). Two protocols train the
+head: ``cdfsl`` (its ``finetune.py``, :mod:`linear_probe.cdfsl`; the paper's) and the fast
+``lbfgs-fast`` here (:func:`run_episodes`): a logistic-regression head with a fixed weight
+decay fitted by L-BFGS on unit-RMS L2-normalised cached features, episodes solved in batches
+by one L-BFGS run each (see :mod:`linear_probe.solver`), which gives each episode its own
+optimum — seconds where cdfsl's SGD takes minutes, but not the paper's numbers.
 """
 from __future__ import annotations
 
@@ -25,11 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .recipes import CDFSL_EPISODES, CDFSL_QUERIES, FEWSHOT_WEIGHT_DECAY
 from .solver import cpu_threads, fit_lbfgs, l2_normalise, threads_for
-
-DEFAULT_FEWSHOT_WD = 1e-2  # lambda when no val can be carved (1-shot) and for episodes
-N_QUERY = 15  # cdfsl's query images per class
-EPISODES = 600  # cdfsl's episodes per setting
 
 
 class FewShotError(ValueError):
@@ -83,8 +80,8 @@ class Episodes:
     n_query: int
 
 
-def sample_episodes(labels, n_way: int, k: int, n_query: int = N_QUERY,
-                    episodes: int = EPISODES, seed: int = 0, class_names=None) -> Episodes:
+def sample_episodes(labels, n_way: int, k: int, n_query: int = CDFSL_QUERIES,
+                    episodes: int = CDFSL_EPISODES, seed: int = 0, class_names=None) -> Episodes:
     """Draw cdfsl episodes deterministically from ``seed``.
 
     Raises :class:`FewShotError` when fewer than ``n_way`` classes exist or a class has fewer
@@ -119,7 +116,7 @@ def sample_episodes(labels, n_way: int, k: int, n_query: int = N_QUERY,
     return Episodes(sup, qry, cls, n_way, k, n_query)
 
 
-def run_episodes(features, episodes: Episodes, *, weight_decay: float = DEFAULT_FEWSHOT_WD,
+def run_episodes(features, episodes: Episodes, *, weight_decay: float = FEWSHOT_WEIGHT_DECAY,
                  feature_norm: str = "l2", batch: int = 100, device=None,
                  progress: bool = False) -> np.ndarray:
     """Query accuracy (%) of every episode, shape (E,). ``features`` (n, d) of the sampled split."""
@@ -140,11 +137,11 @@ def run_episodes(features, episodes: Episodes, *, weight_decay: float = DEFAULT_
 
 
 def _episode_batches(X, episodes, weight_decay, batch, device, y_sup, y_qry, accs, progress):
-    from tqdm.auto import tqdm
+    from tinyvit_backbone.progress import progress_bar
 
     E, n_way, k = len(episodes.support), episodes.n_way, episodes.k
-    for start in tqdm(range(0, E, batch), desc=f"{n_way}-way {k}-shot episodes",
-                      disable=not progress, leave=False):
+    for start in progress_bar(range(0, E, batch), desc=f"{n_way}-way {k}-shot episodes",
+                              enabled=bool(progress), leave=False):
         stop = min(E, start + batch)
         sup = torch.from_numpy(episodes.support[start:stop]).to(device)
         qry = torch.from_numpy(episodes.query[start:stop]).to(device)

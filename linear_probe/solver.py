@@ -1,4 +1,4 @@
-"""L2-regularised logistic regression on frozen features: full-batch L-BFGS and SGD epochs.
+"""L2-regularised logistic regression on frozen features by full-batch L-BFGS.
 
 Objective (``weight_decay`` = lambda, ``n`` rows, bias not penalised)::
 
@@ -17,19 +17,14 @@ array / memory map (n, d) that is never copied as a whole. Optional ``shift`` / 
 materialising a standardised copy, so a 3 GB ImageNet cache is read, not duplicated. Returned
 weights live in the standardised space; :meth:`LinearHead.logits` applies the same fold.
 
-**Which solver when.**
-
-* :func:`fit_lbfgs` (default): full-batch L-BFGS (torch's, strong-Wolfe line search) with the
-  exact gradient. The gradient is accumulated over row chunks (``chunk_rows``), so memory is
-  O(chunk x classes) whatever ``n`` is; an in-memory tensor on the device is one chunk when it
-  fits. On a GPU the features are moved to device memory once when they fit in
-  ``device_budget_bytes`` (default: half the free memory), otherwise every function
-  evaluation streams the memory map chunk by chunk. This is what every sweep uses.
-* :func:`fit_sgd`: MoCo v3's linear-probe recipe — SGD (momentum 0.9), mini-batches of 1024,
-  cosine schedule over 90 epochs, ``lr = base_lr * batch / 256``, no weight decay by default —
-  on the cached features. Used when asked (``--solver sgd``) and by default for ImageNet-1k,
-  the paper's own protocol. Unlike MoCo v3 it sees centre-crop features without augmentation
-  (the price of caching), standardised like MAE's BatchNorm-without-affine probe head.
+**Solver.** :func:`fit_lbfgs`: full-batch L-BFGS (torch's, strong-Wolfe line search) with the
+exact gradient. The gradient is accumulated over row chunks (``chunk_rows``), so memory is
+O(chunk x classes) whatever ``n`` is; an in-memory tensor on the device is one chunk when it
+fits. On a GPU the features are moved to device memory once when they fit in
+``device_budget_bytes`` (default: half the free memory), otherwise every function evaluation
+streams the memory map chunk by chunk. Every sweep and the fast few-shot episodes use it; the
+paper's protocols (MoCo v3's SGD probe, cdfsl's fine-tuning) live in :mod:`linear_probe.mocov3`
+and :mod:`linear_probe.cdfsl`.
 """
 from __future__ import annotations
 
@@ -302,75 +297,6 @@ def fit_lbfgs(
         b = b - (centre @ W).squeeze(1)
     return LinearHead(W, b, None if batched else shift, None if batched else scale, n_iter=n_iter,
                       loss=float(last["loss"]), converged=bool(last["gmax"] <= tol or n_iter < max_iter))
-
-
-def fit_sgd(
-    X,
-    y,
-    *,
-    num_classes: int | None = None,
-    multilabel: bool = False,
-    weight_decay: float = 0.0,
-    epochs: int = 90,
-    batch_size: int = 1024,
-    base_lr: float = 0.1,
-    momentum: float = 0.9,
-    shift=None,
-    scale=None,
-    seed: int = 0,
-    device=None,
-    progress: bool = False,
-) -> LinearHead:
-    """MoCo v3's linear-probe recipe on cached features (see the module docstring).
-
-    ``lr = base_lr * batch_size / 256``, cosine-annealed per epoch to 0; weights start at
-    N(0, 0.01^2), bias at 0; mini-batches are gathered from ``X`` (memmap-friendly: each batch's
-    rows are read in sorted order). ``weight_decay`` is SGD's coupled L2 (MoCo v3 uses 0).
-    """
-    from tqdm.auto import tqdm
-
-    device = torch.device(device or "cpu")
-    dtype = torch.float32
-    labels = y if isinstance(y, torch.Tensor) else torch.from_numpy(np.asarray(y))
-    C = _check_targets(labels, num_classes, multilabel)
-    n, d = X.shape
-    gen = torch.Generator().manual_seed(seed)
-    W = (torch.randn(d, C, generator=gen) * 0.01).to(device, dtype).requires_grad_(True)
-    b = torch.zeros(C, device=device, dtype=dtype, requires_grad=True)
-    init_lr = base_lr * batch_size / 256
-    opt = torch.optim.SGD([W, b], lr=init_lr, momentum=momentum, weight_decay=0.0)
-    if shift is not None:
-        shift = torch.as_tensor(shift, device=device, dtype=dtype)
-        scale = torch.as_tensor(scale, device=device, dtype=dtype)
-    X_dev = place_features(X, device)
-    rng = np.random.default_rng(seed)
-    loss = torch.zeros(())
-    for epoch in tqdm(range(epochs), desc="sgd epochs", disable=not progress, leave=False):
-        for group in opt.param_groups:
-            group["lr"] = init_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-        order = rng.permutation(n)
-        for start in range(0, n, batch_size):
-            idx = np.sort(order[start:start + batch_size])
-            if isinstance(X_dev, torch.Tensor):
-                xb = X_dev[torch.from_numpy(idx).to(X_dev.device)].to(device, dtype)
-            else:
-                xb = _as_device_tensor(X_dev[idx], device, dtype)
-            yb = _as_device_tensor(labels[torch.from_numpy(idx)], device, dtype)
-            if scale is not None:
-                xb = (xb - shift) / scale
-            z = xb @ W + b
-            if multilabel:
-                mask = (yb >= 0).to(dtype)
-                loss = (F.binary_cross_entropy_with_logits(z, yb.clamp(min=0), reduction="none") * mask).sum(1).mean()
-            else:
-                loss = F.cross_entropy(z, yb.long())
-            if weight_decay:
-                loss = loss + 0.5 * weight_decay * (W ** 2).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return LinearHead(W.detach(), b.detach(), shift, scale, n_iter=epochs,
-                      loss=float(loss.detach()), converged=True)
 
 
 def standardisation(X, chunk_rows: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:

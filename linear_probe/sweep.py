@@ -175,7 +175,7 @@ def sweep_weight_decay(
     rows being fitted, folded into the head), 'l2' (unit-RMS rows, no sample statistics) or
     'none'.
     """
-    from tqdm.auto import tqdm
+    from tinyvit_backbone.progress import progress_bar
 
     if grid not in GRIDS:
         raise ValueError(f"weight-decay grid must be one of {sorted(GRIDS)}, got {grid!r}")
@@ -198,7 +198,8 @@ def sweep_weight_decay(
         X_val = apply_normalisation(_subset(X, val_idx), feature_norm)
         y_fit, y_val = y[fit_idx], y[val_idx]
         heads: dict[int, LinearHead] = {}
-        bar = tqdm(total=len(points), desc="weight-decay sweep", disable=not progress, leave=False)
+        bar = progress_bar(total=len(points), desc="weight-decay sweep", enabled=bool(progress),
+                           leave=False)
 
         def evaluate(i: int) -> float:
             nonlocal fits

@@ -88,13 +88,12 @@ def reproduce_table5(weights: Mapping[str, str], out: str, *, data_root: str | N
     ``mocov3_epochs`` / ``episodes`` / ``shots`` / ``image_size`` shrink the protocols for a
     smoke run (the records say so: they are then not the paper's numbers, and the table notes
     the short episodes). ``run_mocov3`` / ``run_cdfsl`` default to :mod:`linear_probe`'s."""
+    from linear_probe.backbones import ModelSpec
     from linear_probe.downloads import how_to_get
     from linear_probe.recipes import MOCOV3_RECIPE
     from linear_probe.registry import dataset_spec
-    from linear_probe.settings import FeatureSettings
-
-    from linear_probe.backbones import ModelSpec
     from linear_probe.results import PAPER_FEWSHOT, PAPER_LINEAR
+    from linear_probe.settings import FeatureSettings
 
     if run_mocov3 is None:
         from linear_probe.mocov3 import run_mocov3

@@ -38,7 +38,7 @@ def test_cli_backend_flag(tmp_path, capsys):
     argv = ["extract", "--arch", str(arch), "--dataset", "digits", "--split", "test",
             "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--no-progress"]
     assert probe_main(argv + ["--backend", "onnxruntime"]) == 0
-    assert "digits/test: 540 x 64 features, extracted" in capsys.readouterr().out
+    assert "digits/test: 540 x 64 features, extracted" in capsys.readouterr().err
     assert probe_main(argv + ["--backend", "onnxruntime", "--model", "timm:resnet18"]) == 2
     assert "TinyViT models only" in capsys.readouterr().err
 

@@ -33,13 +33,18 @@ def _args(env, command, *extra, output=None):
 def test_sweep_writes_complete_records_and_appends(env, capsys):
     args, out = _args(env, "sweep")
     assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)  # one JSON result per run on stdout
     assert main(args) == 0
-    printed = capsys.readouterr().out
-    assert "tinyvit-student digits linear probe: top1" in printed and "appended 1 record" in printed
+    captured = capsys.readouterr()
+    assert "tinyvit-student digits [clip-lbfgs] linear probe: top1" in captured.err
+    assert "appended 1 record" in captured.err
     first, second = read_jsonl(out)
+    assert result["command"] == "sweep" and result["records"][0]["metrics"] == first["metrics"]
+    assert json.loads(captured.out)["output"] == out
     for field in REQUIRED_FIELDS:
         assert field in first, field
     assert first["task"] == "linear_probe" and first["model"] == "tinyvit-student"
+    assert first["protocol"] == "clip-lbfgs"
     assert first["arch"] == env["arch"] and first["weights"] is None
     assert first["weights_digest"] == "random" and first["metric"] == "top1"
     assert first["split_sizes"]["train"] + first["split_sizes"]["val"] == 1257
@@ -55,7 +60,7 @@ def test_sweep_writes_complete_records_and_appends(env, capsys):
 def test_linear_probe_fits_train_rows_only(env, monkeypatch):
     """No test leakage: the search and final fit receive exactly the train split's rows."""
     import linear_probe.evaluate as evaluate
-    from linear_probe.evaluate import FeatureSettings
+    from linear_probe.settings import FeatureSettings
     seen = {}
     real = evaluate.sweep_weight_decay
 
@@ -93,10 +98,11 @@ def test_kshot_records_and_val_from_shots_only(env, monkeypatch, capsys):
     one, three = records[0], records[2]
     assert one["split_sizes"] == {"train": 10, "val": 0, "test": 540} and one["C"] is None
     assert three["split_sizes"] == {"train": 20, "val": 10, "test": 540}
-    assert "3-shot: top1" in capsys.readouterr().out
+    assert "3-shot: top1" in capsys.readouterr().err
+    assert all(r["protocol"] == "clip-lbfgs" for r in records)
     # what was fitted is exactly the sampled shots of the train split
     from linear_probe.backbones import ModelSpec
-    from linear_probe.evaluate import FeatureSettings
+    from linear_probe.settings import FeatureSettings
     train = FeatureSettings(cache_dir=env["cache"], progress=False).extract(
         ModelSpec("tinyvit", arch=env["arch"]), "digits", ["train"]).splits["train"]
     shots = sample_kshot(train.labels, 3, 1)
@@ -106,10 +112,13 @@ def test_kshot_records_and_val_from_shots_only(env, monkeypatch, capsys):
 
 
 def test_episodes_record(env):
-    args, out = _args(env, "episodes", "--k", "5", "--episodes", "20", "--n-way", "5")
+    args, out = _args(env, "episodes", "--protocol", "lbfgs-fast", "--k", "5", "--episodes",
+                      "20", "--n-way", "5", "--pretraining", "in21k-distill")
     assert main(args) == 0
     (record,) = read_jsonl(out)
+    assert record["pretraining"] == "in21k-distill"
     assert record["task"] == "episodes" and record["n_way"] == 5 and record["episodes"] == 20
+    assert record["protocol"] == "lbfgs-fast"
     assert record["split_sizes"] == {"train": 25, "val": 0, "test": 75} and record["split"] == "test"
     assert 0 < record["ci95"] < 20 and 20.0 <= record["metrics"]["top1"] <= 100.0
 
@@ -124,10 +133,14 @@ def test_cli_errors_are_messages_not_tracebacks(env, capsys):
     assert "--model must be 'tinyvit' or 'timm:<name>'" in capsys.readouterr().err
     assert main(["sweep", "--weights", "nope.pth", "--dataset", "digits"]) == 2
     assert "--weights 'nope.pth': no such file" in capsys.readouterr().err
-    assert main(["datasets", "--data-root", str(env["root"])]) == 0
-    listing = capsys.readouterr().out
-    assert "digits" in listing and "ok (embedded)" in listing
-    assert f"missing: {env['root']}/cifar10/cifar-10-batches-py" in listing
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "--dataset", "digits", "--pretraining", "in22k"])
+    assert exit_.value.code == 2 and "invalid choice: 'in22k'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--pretraining must be one of in1k, in1k-distill"):
+        from linear_probe.backbones import ModelSpec
+        ModelSpec("tinyvit", arch="5m", pretraining="imagenet")
+    assert main(["sweep", "--dataset", "digits", "--device", "cuda"]) == 2
+    assert "--device cuda asks for CUDA, but torch sees no GPU" in capsys.readouterr().err
 
 
 def test_run_suite_api(env, tmp_path):
@@ -143,11 +156,15 @@ def test_run_suite_api(env, tmp_path):
 
 
 def test_records_validate_and_append_atomically(tmp_path):
-    base = dict(task="kshot", model="m", dataset="d", metric="top1", metrics={"top1": 1.0},
-                split_sizes={}, timings={})
+    base = dict(task="kshot", protocol="clip-lbfgs", model="m", dataset="d", metric="top1",
+                metrics={"top1": 1.0}, split_sizes={}, timings={})
     with pytest.raises(ValueError, match="task must be one of"):
         make_record(**{**base, "task": "probe"})
-    with pytest.raises(ValueError, match="official metric 'map11' missing"):
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        make_record(**{**base, "protocol": None})
+    with pytest.raises(ValueError, match="protocol 'cdfsl' does not do task 'kshot'"):
+        make_record(**{**base, "protocol": "cdfsl"})
+    with pytest.raises(ValueError, match="headline metric 'map11' missing"):
         make_record(**{**base, "metric": "map11"})
     out = tmp_path / "sub" / "r.jsonl"
     threads = [threading.Thread(target=append_jsonl, args=(out, [make_record(**base, seed=i)] * 3))
@@ -161,3 +178,71 @@ def test_records_validate_and_append_atomically(tmp_path):
     out.write_text(out.read_text() + "{not json\n")
     with pytest.raises(ValueError, match=r"r\.jsonl:25: not a JSON record"):
         read_jsonl(out)
+
+
+def test_suite_passes_every_feature_flag_on(env, monkeypatch, capsys):
+    """suite used to accept --feature-layer, --batch-size, --workers and --amp and drop them."""
+    import linear_probe.settings as settings
+    seen = []
+    real = settings.extract_splits
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(settings, "extract_splits", spy)
+    args, out = _args(env, "suite", "--feature-layer", "stage2", "--batch-size", "16",
+                      "--workers", "0", "--amp", "--dataset", "digits", "embedded")
+    assert main(args) == 0
+    records = json.loads(capsys.readouterr().out)["records"]
+    assert len(records) == 12 and {r["feature_layer"] for r in records} == {"stage2"}
+    assert {r["dataset"] for r in records} == {"digits"}  # the group's digits counted once
+    assert {r["protocol"] for r in records} == {"clip-lbfgs", "lbfgs-fast"}
+    assert all(kw["feature_layer"] == "stage2" and kw["batch_size"] == 16 and kw["workers"] == 0
+               and kw["amp"] is True for kw in seen)
+
+
+HELP_PROBE = """
+import sys, types, os, runpy, io, contextlib
+light_core = sys.argv[1] == "light-core"
+if light_core:  # the core package without what its __init__ imports (mmengine registration)
+    package = types.ModuleType("tinyvit_backbone")
+    package.__path__ = [os.path.join(os.getcwd(), "tinyvit_backbone")]
+    sys.modules["tinyvit_backbone"] = package
+sys.argv = ["linear_probe", "--help"]
+with contextlib.redirect_stdout(io.StringIO()) as text:
+    try:
+        runpy.run_module("linear_probe", run_name="__main__")
+    except SystemExit:
+        pass
+assert "mocov3" in text.getvalue()
+print(" ".join(sorted(m for m in ("mmdet", "mmseg", "mmengine", "timm", "torch") if m in sys.modules)))
+"""
+
+
+def _fresh_python(code: str, *args: str) -> str:
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=repo, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": repo})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def _help_imports(mode: str) -> set[str]:
+    return set(_fresh_python(HELP_PROBE, mode).split())
+
+
+def test_help_imports_nothing_heavy_of_its_own():
+    """The CLI's parser needs no torch, timm, mmdet or mmseg: only the core's CLI helpers."""
+    assert _help_imports("light-core") == set()
+
+
+def test_help_does_not_load_the_detection_stacks():
+    core = _fresh_python("import sys, tinyvit_backbone.cli; "
+                         "print('mmdet' in sys.modules or 'mmseg' in sys.modules)")
+    if core.strip() == "True":
+        pytest.skip("tinyvit_backbone/__init__.py still registers into mmdet and mmseg on import")
+    assert not _help_imports("as-installed") & {"mmdet", "mmseg"}

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from linear_probe.datasets import voc_targets
+from linear_probe.loaders import voc_targets
 from linear_probe.metrics import (
     average_precision_11point,
     compute_metrics,
@@ -72,7 +72,7 @@ def test_voc_targets_difficult_only_is_ignored():
         {"name": "person", "difficult": "0"},
     ]}}
     t = voc_targets(ann)
-    from linear_probe.datasets import VOC_CLASSES
+    from linear_probe.loaders import VOC_CLASSES
     assert t[VOC_CLASSES.index("dog")] == 1
     assert t[VOC_CLASSES.index("cat")] == -1
     assert t[VOC_CLASSES.index("person")] == 1

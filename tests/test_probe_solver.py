@@ -1,4 +1,4 @@
-"""The L-BFGS / SGD logistic-regression solvers: parity with scikit-learn and their variants."""
+"""The L-BFGS logistic-regression solver: parity with scikit-learn and its variants."""
 import warnings
 
 import numpy as np
@@ -15,7 +15,6 @@ from linear_probe.solver import (
     LinearHead,
     _loss_and_grad,
     fit_lbfgs,
-    fit_sgd,
     l2_normalise,
     standardisation,
     weight_decay_to_C,
@@ -143,16 +142,6 @@ def test_warm_start_needs_fewer_iterations(digits):
     assert warm.n_iter < cold.n_iter
     with pytest.raises(ValueError, match="warm start has weight shape"):
         fit_lbfgs(X, y, 1e-2, init=LinearHead(torch.zeros(3, 10), torch.zeros(10)))
-
-
-def test_sgd_recipe_close_to_lbfgs(digits):
-    Xtr, ytr, Xte, yte = digits
-    mu, sd = standardisation(Xtr)
-    sgd = fit_sgd(Xtr, ytr, epochs=30, batch_size=128, base_lr=0.1, shift=mu, scale=sd, seed=0)
-    lbfgs = fit_lbfgs(Xtr, ytr, 1e-3, shift=mu, scale=sd)
-    acc_sgd = _acc(sgd.logits(Xte).numpy(), yte)
-    acc_lbfgs = _acc(lbfgs.logits(Xte).numpy(), yte)
-    assert acc_sgd > 90.0 and acc_sgd >= acc_lbfgs - 3.0
 
 
 def test_bad_labels_and_threads():

@@ -51,7 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_table5(args):
     from linear_probe.settings import FeatureSettings
-
     from reproduction.reproduce import parse_weights, reproduce_table5
 
     settings = FeatureSettings(data_root=args.data_root, image_size=args.image_size,

@@ -1,0 +1,358 @@
+"""MoCo v3's linear-probe protocol (facebookresearch/moco-v3 ``main_lincls.py``), the one
+behind the paper's Table 5 linear-probe numbers.
+
+* The backbone is frozen and stays in eval mode (batch-norm statistics are part of the
+  pretrained model and must not move); a new linear layer reads its pooled features, with
+  weights drawn from N(0, 0.01^2) and a zero bias.
+* SGD on that layer only: momentum 0.9, weight decay 0, lr = 0.1 x batch / 256 with a batch
+  of 1024 images (over all processes), cosine-annealed per epoch
+  (lr_e = lr x (1 + cos(pi e / 90)) / 2), 90 epochs, cross-entropy.
+* Every training image is augmented afresh in every epoch — ``RandomResizedCrop(224)`` and a
+  horizontal flip — and goes through the frozen backbone at every step: no feature cache.
+* Evaluation after every epoch, as ``main_lincls.py`` does: resize 256, centre crop 224,
+  top-1 (and top-5, mean per-class). The record keeps the last epoch's metrics and the best
+  epoch's top-1 (``main_lincls.py``'s ``best_acc1``) with the whole history.
+
+The backbone being frozen and deterministic in eval mode, the evaluation images give the same
+features every epoch; they are extracted once into the feature cache (same preprocessing, same
+precision) and every epoch's evaluation is a matrix product — the numbers ``validate()`` would
+compute, without a pass over the test set per epoch.
+
+Runtime. The backbone's forward runs under AMP where the device policy says so (bf16 on CUDA),
+the head in float32. Under ``torchrun`` (NCCL on GPUs, gloo on CPUs; the head is wrapped in
+DDP) each global batch of the epoch's seeded permutation is split across the processes and
+each process's loss is scaled so that DDP's gradient average is the global batch's mean: the
+result does not depend on the number of processes, up to float summation order. (An epoch's
+last global batch is dropped when it has fewer images than there are processes.) Augmentation
+draws are seeded per image and epoch (:class:`linear_probe.preprocessing.SeededAugmentation`).
+After every epoch, rank 0 writes the head, the optimiser state and the history atomically to
+``<work-dir>/mocov3/<dataset>/<key>/checkpoint.pth``; rerunning the same command resumes after
+the last finished epoch (the key covers every setting, so other settings start afresh). One
+progress bar over all steps shows the ETA; a log line per epoch gives loss, lr and top-1.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .recipes import MOCOV3_RECIPE, MoCoV3Recipe
+
+CHECKPOINT_FORMAT = 1
+
+
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0,
+                  world: int = 1) -> list[tuple[list[int], int]]:
+    """This process's share of every global batch of ``epoch``: [(row indices, global batch
+    size), ...]. The epoch's order is a permutation seeded by (seed, epoch); process ``rank``
+    takes every ``world``-th image of each global batch."""
+    order = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+    batches = []
+    for start in range(0, n, batch_size):
+        batch = order[start:start + batch_size]
+        if len(batch) < world:  # every process needs an image in every step
+            break
+        batches.append((batch[rank::world].tolist(), len(batch)))
+    return batches
+
+
+class EpochSampler:
+    """Batch sampler of the training DataLoader: the current epoch's batches as ``(epoch, row)``
+    keys of :class:`~linear_probe.preprocessing.SeededAugmentation`, replaced before each epoch
+    by :meth:`set` (it runs in the main process), so the workers persist across epochs."""
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def set(self, plan: list[tuple[list[int], int]], epoch: int) -> None:
+        self.batches = [[(epoch, i) for i in rows] for rows, _ in plan]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def training_loader(data, sampler: EpochSampler, workers: int, device: torch.device) -> DataLoader:
+    """The training images, decoded and augmented by ``workers`` persistent processes (0: in
+    this process, each epoch then wrapped in a prefetch thread)."""
+    return DataLoader(data, batch_sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      prefetch_factor=4 if workers else None)
+
+
+def init_head(dim: int, num_classes: int, seed: int, std: float = 0.01) -> nn.Linear:
+    """The new linear layer: weights N(0, std^2), bias 0, drawn from ``seed``."""
+    head = nn.Linear(dim, num_classes)
+    generator = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        head.weight.normal_(0.0, std, generator=generator)
+        head.bias.zero_()
+    return head
+
+
+def train_epoch(extractor: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer,
+                batches, global_sizes: list[int], normalise: Callable, device: torch.device,
+                amp_dtype: torch.dtype | None, world: int,
+                on_step: Callable[[int, float], None] | None = None) -> tuple[float, int]:
+    """One epoch over ``batches`` of (uint8 images, labels): frozen forward under AMP, head
+    step in float32. Returns (sum of this process's losses x world / global size, images)."""
+    from tinyvit_backbone.device import autocast
+
+    total, seen = 0.0, 0
+    for (images, labels), global_size in zip(batches, global_sizes):
+        images = normalise(images.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
+        with torch.no_grad(), autocast(device, amp_dtype):
+            features = extractor(images)
+        logits = head(features.float())
+        # DDP averages the processes' gradients; scaling each process's sum by
+        # world / global size makes that average the gradient of the global batch's mean loss
+        loss = F.cross_entropy(logits, labels, reduction="sum") * (world / global_size)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+        seen += len(labels)
+        if on_step is not None:
+            on_step(len(labels), float(loss.detach()))
+    return total, seen
+
+
+def evaluate_head(head: nn.Module, features: torch.Tensor, labels) -> dict[str, float]:
+    """Metrics (percent) of ``head`` on the evaluation features (n, d), float32 on the CPU."""
+    from .metrics import compute_metrics
+    with torch.no_grad():
+        scores = features @ head.weight.detach().float().cpu().T + head.bias.detach().float().cpu()
+    return compute_metrics(scores, labels)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _load_checkpoint(path, key: str) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged file: say so, never guess
+        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); delete it to "
+                         "start this run afresh") from None
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("key") != key:
+        raise ValueError(f"{path} belongs to other settings (key {state.get('key')!r}, expected "
+                         f"{key!r}); delete it or use another --work-dir")
+    return state
+
+
+@dataclass
+class ProbeRun:
+    """What one probe run works with: its data, evaluation features, device and identity."""
+
+    spec: object
+    info: object
+    settings: object
+    recipe: MoCoV3Recipe
+    seed: int
+    env: object
+    device: torch.device
+    amp: torch.dtype | None
+    size: int
+    train: object  # the raw train split
+    train_prep: object
+    evaluation: object  # the Extraction of the evaluation features
+    test_features: torch.Tensor
+    test_labels: np.ndarray
+    num_classes: int
+    parts: dict
+    key: str
+    checkpoint: Path
+
+
+def prepare_run(spec, info, settings, recipe: MoCoV3Recipe, seed: int, work_dir) -> ProbeRun:
+    """Join the process group, open the train split, extract the evaluation features (rank 0
+    first; the others then read them from the cache) and name the run by its settings."""
+    from tinyvit_backbone.distributed import barrier, init_distributed
+    from tinyvit_backbone.fingerprint import dataset_fingerprint
+
+    from .device import autocast_dtype, select_device
+    from .extract import input_config
+    from .loaders import dataset_labels, load_split
+    from .preprocessing import mocov3_train_preprocessing
+    from .results import MOCOV3
+    from .settings import run_dir
+
+    if info.train_split is None or info.test_split is None or info.multilabel:
+        raise ValueError(f"{info.name} has no single-label train / test split (splits: "
+                         f"{list(info.splits)}); the MoCo v3 probe needs one")
+    device = select_device(settings.device)
+    env = init_distributed(device)
+    amp = autocast_dtype(device, settings.amp)
+    data_config = input_config(spec, info, settings.image_size)
+    size = int(data_config["input_size"][-1])
+    train_prep = mocov3_train_preprocessing(data_config)
+    train = load_split(info, info.train_split, settings.data_root, size)
+    evaluation = None
+    for turn in ("main", "others"):
+        if (turn == "main") == env.is_main:
+            evaluation = settings.extract(spec, info.name, [info.test_split],
+                                          preprocessing="mocov3-eval")
+        barrier(env)
+    test = evaluation.splits[info.test_split]
+    num_classes = max(int(dataset_labels(train).max()) + 1, len(test.classes or ()))
+    amp_name = str(amp).replace("torch.", "") if amp else "fp32"
+    parts = {"model": spec.key_parts(), "dataset": info.name, "train_split": info.train_split,
+             "dataset_fingerprint": dataset_fingerprint(train), "train": train_prep.description,
+             "eval": evaluation.transform, "feature_layer": settings.feature_layer,
+             "recipe": asdict(recipe), "seed": seed, "amp": amp_name}
+    folder, key = run_dir(work_dir, MOCOV3, info.name, parts)
+    return ProbeRun(spec, info, settings, recipe, seed, env, device, amp, size, train, train_prep,
+                    evaluation, torch.from_numpy(np.array(test.features, np.float32)),
+                    np.asarray(test.labels), num_classes, parts, key, folder / "checkpoint.pth")
+
+
+def restore(run: ProbeRun, head: nn.Module, optimizer, log) -> list[dict]:
+    """The history of the epochs already done (head and optimiser loaded from the checkpoint),
+    or [] for a fresh run."""
+    state = _load_checkpoint(run.checkpoint, run.key)
+    if state is None:
+        return []
+    head.load_state_dict(state["head"])
+    optimizer.load_state_dict(state["optimizer"])
+    log(f"mocov3 {run.info.name}: resuming after epoch {len(state['history'])} of "
+        f"{run.recipe.epochs} from {run.checkpoint}")
+    return list(state["history"])
+
+
+def train_epochs(run: ProbeRun, extractor: nn.Module, head: nn.Module, optimizer,
+                 history: list[dict], log) -> tuple[float, int, int]:
+    """The remaining epochs: train, evaluate, checkpoint (rank 0), each in turn. Appends to
+    ``history``; returns (training seconds, images seen over all processes, workers)."""
+    from tinyvit_backbone.distributed import barrier
+    from tinyvit_backbone.files import atomic_torch_save
+    from tinyvit_backbone.progress import progress_bar
+
+    from .extract import default_workers, prefetched
+    from .preprocessing import SeededAugmentation
+
+    env, recipe, device = run.env, run.recipe, run.device
+    trained = head
+    if env.distributed:
+        trained = nn.parallel.DistributedDataParallel(
+            head, device_ids=[device.index] if device.type == "cuda" else None)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    data = SeededAugmentation(run.train, run.train_prep.transform, run.seed)
+    n = len(run.train)
+    # every spare core: the loader feeds a frozen forward, the fastest step there is
+    workers = default_workers(n, cap=None) if run.settings.workers is None else run.settings.workers
+    sampler = EpochSampler()
+    loader = training_loader(data, sampler, workers, device)
+    steps = len(epoch_batches(n, recipe.batch_size, 0, run.seed, env.rank, env.world_size))
+    start = len(history)
+    bar = progress_bar(total=recipe.epochs * steps, initial=start * steps, unit="step",
+                       desc=f"mocov3 {run.info.name}",
+                       enabled=run.settings.progress is not False and env.is_main)
+    train_s, images = 0.0, 0
+    try:
+        for epoch in range(start, recipe.epochs):
+            lr = recipe.lr_at(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            plan = epoch_batches(n, recipe.batch_size, epoch, run.seed, env.rank, env.world_size)
+            sampler.set(plan, epoch)
+            t0 = time.perf_counter()
+            loss_sum, _ = train_epoch(extractor, trained, optimizer,
+                                      loader if workers else prefetched(loader),
+                                      [g for _, g in plan], run.train_prep.normalise, device,
+                                      run.amp, env.world_size, on_step=lambda n, loss: bar.update(1))
+            train_s += time.perf_counter() - t0
+            images += sum(g for _, g in plan)
+            if not env.is_main:
+                history.append({"epoch": epoch + 1})
+            else:
+                metrics = evaluate_head(head, run.test_features, run.test_labels)
+                history.append({"epoch": epoch + 1, "lr": lr,
+                                "train_loss": loss_sum / max(1, len(plan)),
+                                "top1": metrics["top1"], "metrics": metrics})
+                best = max(history, key=lambda h: h["top1"])
+                bar.set_postfix(epoch=epoch + 1, top1=f"{metrics['top1']:.2f}")
+                log(f"mocov3 {run.info.name}: epoch {epoch + 1}/{recipe.epochs} lr {lr:.4g} loss "
+                    f"{history[-1]['train_loss']:.4f} top-1 {metrics['top1']:.2f} (best "
+                    f"{best['top1']:.2f} at epoch {best['epoch']})")
+                atomic_torch_save(run.checkpoint, {
+                    "format": CHECKPOINT_FORMAT, "key": run.key, "settings": run.parts,
+                    "epoch": epoch + 1, "head": head.state_dict(),
+                    "optimizer": optimizer.state_dict(), "history": history})
+            barrier(env)
+    finally:
+        bar.close()
+    return train_s, images, workers
+
+
+def probe_record(run: ProbeRun, head: nn.Module, history: list[dict], resumed_from: int,
+                 timings: dict, **extra) -> dict:
+    """The result record: the last epoch's metrics, the best epoch's top-1, the history."""
+    from .results import MOCOV3, make_record
+    from .settings import base_fields
+
+    final = history[-1]["metrics"] if history else evaluate_head(head, run.test_features,
+                                                                 run.test_labels)
+    best = max(history, key=lambda h: h["top1"]) if history else {"top1": final["top1"], "epoch": 0}
+    return make_record(
+        **base_fields("linear_probe", MOCOV3, run.spec, run.settings, "top1",
+                      dataset=run.info.name, image_size=run.size,
+                      feature_dim=int(run.test_features.shape[1]),
+                      preprocessing=run.evaluation.transform, cache_hit=None),
+        split_sizes={"train": len(run.train), "val": 0, "test": int(len(run.test_labels))},
+        seed=int(run.seed), weight_decay=run.recipe.weight_decay, metrics=final, timings=timings,
+        recipe=asdict(run.recipe), lr=run.recipe.lr, schedule="cosine per epoch",
+        train_preprocessing=run.train_prep.description, num_classes=run.num_classes,
+        best={"top1": best["top1"], "epoch": best["epoch"]},
+        history=[{k: h[k] for k in ("epoch", "lr", "train_loss", "top1")} for h in history],
+        resumed_from_epoch=resumed_from, world_size=run.env.world_size, device=str(run.device),
+        amp=run.parts["amp"], checkpoint=str(run.checkpoint), **extra)
+
+
+def run_mocov3(model, dataset: str, *, recipe: MoCoV3Recipe = MOCOV3_RECIPE, seed: int = 0,
+               settings=None, work_dir=None, output=None,
+               log: Callable[[str], None] | None = None) -> dict | None:
+    """Train and score a MoCo v3 linear probe of ``model`` on ``dataset`` (module docstring).
+
+    Returns the record on rank 0 (also appended to ``output``), None on the other processes."""
+    from .backbones import build_extractor
+    from .registry import dataset_spec
+    from .results import append_jsonl
+    from .settings import FeatureSettings, as_model_spec
+
+    t_start = time.perf_counter()
+    settings = settings or FeatureSettings()
+    log = log or _stderr
+    run = prepare_run(as_model_spec(model), dataset_spec(dataset), settings, recipe, seed, work_dir)
+    # eval mode throughout: batch-norm statistics are part of the pretrained model
+    extractor = build_extractor(run.spec, settings.feature_layer, run.device).eval()
+    head = init_head(int(run.test_features.shape[1]), run.num_classes, seed,
+                     recipe.init_std).to(run.device)
+    optimizer = torch.optim.SGD(head.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    history = restore(run, head, optimizer, log)
+    resumed_from = len(history)
+    train_s, images, workers = train_epochs(run, extractor, head, optimizer, history, log)
+    if not run.env.is_main:
+        return None
+    record = probe_record(run, head, history, resumed_from,
+                          {"extract_s": run.evaluation.extract_s, "fit_s": train_s,
+                           "total_s": time.perf_counter() - t_start},
+                          workers=workers, images_per_s=images / train_s if train_s else None)
+    if output:
+        append_jsonl(output, [record])
+    return record

@@ -1,0 +1,212 @@
+"""The cdfsl protocol (cdfsl's finetune.py), frozen and fine-tuned, at demo scale on the digits."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import linear_probe.cdfsl as cdfsl
+from linear_probe.__main__ import main
+from linear_probe.backbones import FeatureExtractor, ModelSpec, build_network
+from linear_probe.fewshot import Episodes, sample_episodes
+from linear_probe.recipes import CdfslRecipe
+from linear_probe.results import read_jsonl
+from linear_probe.settings import FeatureSettings
+
+TINY = {"embed_dims": [16, 32, 48, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
+        "window_sizes": [7, 4, 2, 1]}
+SHORT = CdfslRecipe(epochs=4)  # finetune.py's recipe with 4 epochs instead of 100
+
+
+def test_recipe_is_finetune_py():
+    r = CdfslRecipe()
+    assert (r.epochs, r.batch_size, r.head_lr, r.momentum, r.dampening, r.weight_decay,
+            r.backbone_lr) == (100, 4, 0.01, 0.9, 0.9, 0.001, 0.01)
+    assert [r.steps(5 * k) for k in (5, 20, 50)] == [700, 2500, 6300]
+    assert r.with_epochs(4) == SHORT and r.epochs == 100
+    optimizer = cdfsl.head_optimizer([nn.Parameter(torch.zeros(2))], r)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["dampening"], group["weight_decay"]) == \
+        (0.01, 0.9, 0.9, 0.001)
+
+
+def test_heads_start_like_nn_linear_and_are_seeded_per_episode():
+    w, b = cdfsl.init_head(400, 5, seed=0, episode=3)
+    assert w.shape == (5, 400) and b.shape == (5,)
+    bound = 1 / math.sqrt(400)  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.95 * bound
+    assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    assert torch.equal(w, cdfsl.init_head(400, 5, seed=0, episode=3)[0])
+    assert not torch.equal(w, cdfsl.init_head(400, 5, seed=0, episode=4)[0])
+    orders = cdfsl.support_orders(0, 3, epochs=6, support_size=25)
+    assert orders.shape == (6, 25) and all(sorted(o) == list(range(25)) for o in orders)
+    assert np.array_equal(orders, cdfsl.support_orders(0, 3, 6, 25))
+
+
+def _reference_head(support, n_way, seed, episode, recipe):
+    """One episode the way finetune.py trains it: an nn.Linear and torch's SGD, alone."""
+    head = nn.Linear(support.shape[1], n_way)
+    w, b = cdfsl.init_head(support.shape[1], n_way, seed, episode)
+    with torch.no_grad():
+        head.weight.copy_(w)
+        head.bias.copy_(b)
+    opt = torch.optim.SGD(head.parameters(), lr=recipe.head_lr, momentum=recipe.momentum,
+                          dampening=recipe.dampening, weight_decay=recipe.weight_decay)
+    y = torch.arange(n_way).repeat_interleave(len(support) // n_way)
+    for order in cdfsl.support_orders(seed, episode, recipe.epochs, len(support)):
+        for j in range(0, len(support), recipe.batch_size):
+            pick = torch.from_numpy(order[j:j + recipe.batch_size])
+            loss = F.cross_entropy(head(support[pick]), y[pick])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return head.weight.detach(), head.bias.detach()
+
+
+def test_episodes_trained_together_equal_each_trained_alone():
+    rng = np.random.default_rng(0)
+    features = torch.from_numpy(rng.standard_normal((6, 15, 12)).astype(np.float32))  # 5-way 3-shot
+    recipe = CdfslRecipe(epochs=7)
+    weight, bias = cdfsl.train_frozen_heads(features, 5, range(10, 16), seed=2, recipe=recipe)
+    for i in range(6):
+        ref_w, ref_b = _reference_head(features[i], 5, 2, 10 + i, recipe)
+        torch.testing.assert_close(weight[i], ref_w, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(bias[i], ref_b, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(weight[0], cdfsl.init_head(12, 5, 2, 10)[0])  # it did train
+
+
+@pytest.fixture(scope="module")
+def digits_images():
+    """The fine-tuned path's inputs: an unfused tiny TinyViT and normalised digits test images."""
+    from linear_probe.loaders import load_split
+    from linear_probe.preprocessing import Preprocessed, eval_preprocessing
+    from linear_probe.registry import dataset_spec
+    spec = ModelSpec("tinyvit", arch=TINY)
+    prep = eval_preprocessing("cdfsl", spec.data_config(32))
+    raw = load_split(dataset_spec("digits"), "test", image_size=32)
+    data = Preprocessed(raw, prep.transform)
+
+    def images(rows):
+        return prep.normalise(torch.stack([data[int(i)][0] for i in rows]))
+
+    labels = np.asarray(raw.targets)
+    return spec, images, labels
+
+
+def test_frozen_fine_tuning_path_equals_the_batched_one(digits_images):
+    spec, images, labels = digits_images
+    extractor = FeatureExtractor(build_network(spec)).eval()
+    episodes = sample_episodes(labels, 5, 2, 3, episodes=2, seed=0)
+    initial = {k: v.clone() for k, v in extractor.state_dict().items()}
+    alone = [cdfsl.finetune_episode(extractor, initial, images(episodes.support[e]),
+                                    images(episodes.query[e]), 5, seed=0, episode=e, recipe=SHORT,
+                                    freeze_backbone=True) for e in range(2)]
+    with torch.no_grad():
+        features = extractor(images(np.arange(len(labels)))).numpy()
+    batched = cdfsl.frozen_accuracies(features, episodes, seed=0, recipe=SHORT)
+    assert batched.tolist() == alone
+
+
+def test_fine_tuning_starts_every_episode_from_the_weights(digits_images):
+    spec, images, labels = digits_images
+    extractor = FeatureExtractor(build_network(spec))
+    before = {k: v.clone() for k, v in extractor.state_dict().items()}
+    # 5-way 2-shot: mini-batches of 4, 4, 2 (at 32 px the last stage's maps are 1x1, and
+    # batch-norm in train mode cannot take a single image there)
+    episodes = sample_episodes(labels, 5, 2, 3, episodes=2, seed=1)
+    both = cdfsl.finetuned_accuracies(extractor, images, episodes, seed=1, recipe=SHORT)
+    assert all(torch.equal(before[k], v) for k, v in extractor.state_dict().items())  # restored
+    second = Episodes(episodes.support[1:], episodes.query[1:], episodes.classes[1:], 5, 2, 3)
+    alone = cdfsl.finetuned_accuracies(extractor, images, second, seed=1, recipe=SHORT, first=1)
+    assert alone.tolist() == both[1:].tolist()  # episode 1 does not depend on episode 0
+    moved = []
+    real_step = torch.optim.SGD.step
+
+    def spy(self, *args, **kwargs):
+        moved.append(len(self.param_groups[0]["params"]))
+        return real_step(self, *args, **kwargs)
+
+    torch.optim.SGD.step = spy
+    try:
+        cdfsl.finetuned_accuracies(extractor, images, second, seed=1, recipe=CdfslRecipe(epochs=1))
+    finally:
+        torch.optim.SGD.step = real_step
+    # per step: the head's SGD (weight, bias) and the backbone's, over all its parameters
+    assert sorted(set(moved)) == [2, len(list(extractor.parameters()))]
+
+
+def _settings(tmp_path):
+    return FeatureSettings(cache_dir=str(tmp_path / "cache"), progress=False)
+
+
+def test_cdfsl_frozen_on_digits_is_reproducible(tmp_path):
+    spec = ModelSpec("tinyvit", arch=TINY)
+    run = dict(n_episodes=6, seed=3, freeze_backbone=True, recipe=SHORT, settings=_settings(tmp_path))
+    first = cdfsl.run_cdfsl(spec, "digits", (1, 5), output=str(tmp_path / "r.jsonl"), **run)
+    again = cdfsl.run_cdfsl(spec, "digits", (1, 5), **run)
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in first]
+    assert again[0]["cache_hit"] and not first[0]["cache_hit"]
+    one = first[0]
+    assert one["protocol"] == "cdfsl" and one["task"] == "episodes" and one["freeze_backbone"]
+    assert one["preprocessing"]["style"] == "cdfsl" and one["recipe"]["epochs"] == 4
+    assert one["split_sizes"] == {"train": 5, "val": 0, "test": 75} and one["episodes"] == 6
+    assert one["weight_decay"] == 0.001 and 0 < one["ci95"] and one["metric"] == "top1"
+    assert len(read_jsonl(tmp_path / "r.jsonl")) == 2
+    other = cdfsl.run_cdfsl(spec, "digits", (1,), **{**run, "seed": 4})
+    assert other[0]["metrics"] != first[0]["metrics"]
+
+
+def test_cdfsl_fine_tuned_on_digits_states_its_cost_and_resumes(tmp_path, monkeypatch):
+    spec = ModelSpec("tinyvit", arch=TINY)
+    lines = []
+    run = dict(n_episodes=3, seed=0, recipe=SHORT, settings=_settings(tmp_path), log=lines.append)
+    (record,) = cdfsl.run_cdfsl(spec, "digits", (2,), work_dir=str(tmp_path / "a"), **run)
+    assert not record["freeze_backbone"] and record["episodes"] == 3
+    assert record["cost"]["first_episode_s"] > 0 and record["cost"]["extrapolated"]
+    assert record["cost"]["estimated_run_s"] > record["cost"]["first_episode_s"]
+    assert "12 (K=2) backbone steps" in lines[0]  # 4 epochs x ceil(10 / 4) steps
+    assert "first episode" in lines[1] and "will take about" in lines[1]
+
+    real = cdfsl.finetune_episode
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cdfsl, "finetune_episode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cdfsl.run_cdfsl(spec, "digits", (2,), work_dir=str(tmp_path / "b"), **run)
+    (saved,) = (tmp_path / "b").glob("cdfsl/digits/*/episodes.json")
+    assert list(json.loads(saved.read_text())["accuracies"]) == ["0"]
+    monkeypatch.setattr(cdfsl, "finetune_episode", real)
+    (resumed,) = cdfsl.run_cdfsl(spec, "digits", (2,), work_dir=str(tmp_path / "b"), **run)
+    assert resumed["metrics"] == record["metrics"] and resumed["ci95"] == record["ci95"]
+
+
+def test_single_image_batch_norm_failure_is_explained(digits_images):
+    spec, images, labels = digits_images
+    extractor = FeatureExtractor(build_network(spec))
+    episodes = sample_episodes(labels, 5, 1, 3, episodes=1, seed=0)  # batches of 4 and 1
+    with pytest.raises(ValueError, match="mini-batch of 1 image.*larger --image-size"):
+        cdfsl.finetuned_accuracies(extractor, images, episodes, recipe=SHORT)
+
+
+def test_episodes_cli_runs_cdfsl_frozen_and_refuses_impossible_shots(tmp_path, capsys):
+    arch = tmp_path / "tiny.json"
+    arch.write_text(json.dumps(TINY))
+    base = ["episodes", "--arch", str(arch), "--dataset", "digits", "--cache-dir",
+            str(tmp_path / "c"), "--output", str(tmp_path / "r.jsonl"), "--no-progress",
+            "--work-dir", str(tmp_path / "w"), "--episodes", "4", "--epochs", "2"]
+    assert main([*base, "--k", "1", "--freeze-backbone"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)["records"]
+    assert record["protocol"] == "cdfsl" and record["freeze_backbone"]
+    assert main([*base, "--k", "1", "50"]) == 2  # 50 + 15 queries > 54 test digits per class
+    err = capsys.readouterr().err
+    assert err.startswith("error: 50-shot episodes with 15 queries need 65 images per class")
+    assert "backbone steps" not in err  # refused before any fine-tuning
