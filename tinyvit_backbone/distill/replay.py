@@ -244,43 +244,76 @@ class ReplayDataset(Dataset):
     Indexed by ``(epoch, index)`` tuples (as the batch samplers built from
     :func:`epoch_batches` yield them), so no epoch state has to reach the DataLoader workers.
     Items are dicts: ``image`` (C, H, W) float, ``label``, ``index``, ``seed``, and with a
-    ``store`` also ``topk_indices`` (K,) int64 and ``topk_values`` (K,) float32.
+    ``store`` also ``topk_indices`` (K,) int64, ``topk_values`` (K,) float32 and ``valid``.
+
+    A DataLoader fetches a whole batch through :meth:`__getitems__`, which reads the batch's
+    records from the store as one sequential run (training batches are runs of the store's
+    order); single items read ahead in the store's order.
 
     Args:
         base: dataset returning ``(PIL image, label)`` with no transform of its own.
         aug: the augmentation (per-sample part; pair mixing happens in :class:`PairCollate`).
         base_seed: the seed of :func:`sample_seed`.
         store: a :class:`~.store.LogitStore` to read the teacher's records from.
+        skip_bad: a record that fails its check gives ``valid`` False (and a harmless target)
+            instead of raising :class:`StoreError`.
     """
 
-    def __init__(self, base: Dataset, aug: AugConfig, base_seed: int, store=None):
+    def __init__(self, base: Dataset, aug: AugConfig, base_seed: int, store=None,
+                 skip_bad: bool = False):
         self.base = base
         self.aug = aug
         self.base_seed = int(base_seed)
         self.store = store
+        self.skip_bad = skip_bad
         self.transform = build_train_transform(aug)
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
-        epoch, index = (int(k) for k in key)
-        seed = sample_seed(self.base_seed, epoch, index)
-        item = {}
-        if self.store is not None:
-            rec = self.store.read(epoch, index)
-            if rec.seed != seed:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[dict]:
+        keys = [(int(e), int(i)) for e, i in keys]
+        items = self._records(keys) if self.store is not None else [{} for _ in keys]
+        for item, (epoch, index) in zip(items, keys):
+            seed = sample_seed(self.base_seed, epoch, index)
+            img, label = self.base[index]
+            with rng_scope(seed):
+                item["image"] = self.transform(img)
+            item.update(label=int(label), index=index, epoch=epoch, seed=seed)
+        return items
+
+    def _records(self, keys: list[tuple[int, int]]) -> list[dict]:
+        store, out = self.store, []
+        if len(keys) == 1:
+            rec, ok = store.read_record(*keys[0])
+            found = [(rec.seed, rec.indices, rec.values, ok)]
+        else:
+            found = []
+            for epoch in sorted({e for e, _ in keys}):
+                picked = [j for j, (e, _) in enumerate(keys) if e == epoch]
+                batch = store.read_many(epoch, [keys[j][1] for j in picked])
+                found += [(j, (int(batch.seeds[r]), batch.indices[r], batch.values[r],
+                               bool(batch.ok[r]))) for r, j in enumerate(picked)]
+            found = [f for _, f in sorted(found, key=lambda t: t[0])]
+        for (epoch, index), (seed, indices, values, ok) in zip(keys, found):
+            if not ok:
+                if not self.skip_bad:
+                    raise StoreError(store.bad_record_message(epoch, index))
+                indices = np.arange(store.topk)
+                values = np.zeros(store.topk, dtype=np.float32)
+            elif seed != sample_seed(self.base_seed, epoch, index):
                 raise StoreError(
-                    f"record {index} of epoch {epoch} in {self.store.root!r} has seed {rec.seed}, "
-                    f"expected {seed} from base seed {self.base_seed}: the store was written with "
-                    "another seed scheme; rewrite it with this version of save-logits")
-            item["topk_indices"] = torch.from_numpy(rec.indices)
-            item["topk_values"] = torch.from_numpy(rec.values)
-        img, label = self.base[index]
-        with rng_scope(seed):
-            item["image"] = self.transform(img)
-        item.update(label=int(label), index=index, epoch=epoch, seed=seed)
-        return item
+                    f"record {index} of epoch {epoch} in {store.root!r} has seed {seed}, "
+                    f"expected {sample_seed(self.base_seed, epoch, index)} from base seed "
+                    f"{self.base_seed}: the store was written with another seed scheme; rewrite "
+                    "it with this version of save-logits")
+            out.append(dict(topk_indices=torch.from_numpy(np.array(indices, dtype=np.int64)),
+                            topk_values=torch.from_numpy(np.array(values, dtype=np.float32)),
+                            valid=bool(ok)))
+        return out
 
 
 class PairCollate:
