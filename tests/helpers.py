@@ -7,6 +7,7 @@ CLI (also under torchrun) with every ``pwrite`` into an epoch file logged to
 """
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +32,30 @@ def write_test_teacher(path: Path) -> Path:
     torch.manual_seed(0)
     torch.save(create_timm_model("test_resnet", 10).state_dict(), path)
     return path
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once (torchrun starts its workers in
+    sessions of their own, so killing torchrun's process group would leave them running)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def epoch_files(store: Path) -> dict[str, bytes]:

@@ -3,7 +3,6 @@ a store started with 2 processes and resumed with 3 equals a 1-process store, an
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import pytest
 from tests.helpers import (
     blocks_written,
     epoch_files,
+    kill_tree,
     read_traces,
     write_digit_folder,
     write_test_teacher,
@@ -55,11 +55,11 @@ def test_two_then_three_processes_write_disjoint_blocks_and_equal_one_process(tm
     assert main([str(a) for a in [*args, "--out", tmp_path / "one"]]) == 0
     reference = epoch_files(tmp_path / "one")
     store = tmp_path / "many"
-    # 2 processes, killed (the whole torchrun group) once part of the first epoch is written
+    # 2 processes, all killed once part of the first epoch is written
     proc = subprocess.Popen(torchrun_cmd(2, "trace-writes", tmp_path / "trace2", "--", *args,
                                          "--out", store, module="tests.helpers"),
                             cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
         first = store / "epoch_0000.records"
@@ -69,8 +69,9 @@ def test_two_then_three_processes_write_disjoint_blocks_and_equal_one_process(tm
             time.sleep(0.01)
         assert proc.poll() is None, "the 2-process run ended before it could be killed"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)  # torchrun and both workers, mid-epoch
         proc.wait()
+    time.sleep(1)  # let the killed workers be reaped before judging the files
     assert epoch_files(store) != reference
     # ... resumed by 3 processes: the same bytes as one process writing it all
     torchrun(3, "trace-writes", tmp_path / "trace3", "--", *args, "--out", store,

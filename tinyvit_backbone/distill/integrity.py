@@ -122,7 +122,13 @@ def bad_positions(store: LogitStore, epoch: int, runs) -> tuple[np.ndarray, int,
 
     Returns (positions int64, records checked, bytes read). A missing file is all bad without
     reading anything."""
-    runs = list(runs)
+    merged: list[list[int]] = []
+    for a, b in runs:  # adjacent runs (one process's consecutive batches) read as one
+        if merged and merged[-1][1] == a:
+            merged[-1][1] = b
+        elif b > a:
+            merged.append([a, b])
+    runs = [(a, b) for a, b in merged]
     checked = sum(b - a for a, b in runs)
     if store.file_size(epoch) is None:
         return (np.concatenate([np.arange(a, b) for a, b in runs]).astype(np.int64) if runs

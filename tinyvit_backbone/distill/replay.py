@@ -271,12 +271,15 @@ class ReplayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
+    def __getitem__(self, key: tuple[int, ...]) -> dict:
         return self.__getitems__([key])[0]
 
-    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[dict]:
-        keys = [(int(e), int(i)) for e, i in keys]
-        items = self._records(keys) if self.store is not None else [{} for _ in keys]
+    def __getitems__(self, keys: Sequence[tuple[int, ...]]) -> list[dict]:
+        """Keys are (epoch, index) or (epoch, index, position in the epoch's order)."""
+        positions = [int(k[2]) for k in keys] if all(len(k) > 2 for k in keys) else None
+        keys = [(int(k[0]), int(k[1])) for k in keys]
+        items = (self._records(keys, positions) if self.store is not None
+                 else [{} for _ in keys])
         for item, (epoch, index) in zip(items, keys):
             seed = sample_seed(self.base_seed, epoch, index)
             img, label = self.base[index]
@@ -285,16 +288,18 @@ class ReplayDataset(Dataset):
             item.update(label=int(label), index=index, epoch=epoch, seed=seed)
         return items
 
-    def _records(self, keys: list[tuple[int, int]]) -> list[dict]:
+    def _records(self, keys: list[tuple[int, int]], positions: list[int] | None) -> list[dict]:
         store, out = self.store, []
-        if len(keys) == 1:
+        if len(keys) == 1 and positions is None:
             rec, ok = store.read_record(*keys[0])
             found = [(rec.seed, rec.indices, rec.values, ok)]
         else:
             found = []
             for epoch in sorted({e for e, _ in keys}):
                 picked = [j for j, (e, _) in enumerate(keys) if e == epoch]
-                batch = store.read_many(epoch, [keys[j][1] for j in picked])
+                batch = store.read_many(epoch, [keys[j][1] for j in picked],
+                                        None if positions is None else
+                                        [positions[j] for j in picked])
                 found += [(j, (int(batch.seeds[r]), batch.indices[r], batch.values[r],
                                bool(batch.ok[r]))) for r, j in enumerate(picked)]
             found = [f for _, f in sorted(found, key=lambda t: t[0])]
@@ -329,9 +334,18 @@ class PairCollate:
 
 
 def replay_loader(dataset: ReplayDataset, epoch: int, batches: Sequence[np.ndarray],
-                  workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over the given batches of ``epoch`` (each a sequence of sample indices)."""
-    batch_keys = [[(epoch, int(i)) for i in batch] for batch in batches]
+                  workers: int = 0, pin_memory: bool = False,
+                  starts: Sequence[int] | None = None) -> torch.utils.data.DataLoader:
+    """A DataLoader over the given batches of ``epoch`` (each a sequence of sample indices).
+
+    ``starts[b]``: where batch ``b`` begins in the epoch's order, for batches that are runs of
+    it (:func:`epoch_batches`); the keys then carry each sample's position, so the workers read
+    the store without building the epoch's order table."""
+    if starts is None:
+        batch_keys = [[(epoch, int(i)) for i in batch] for batch in batches]
+    else:
+        batch_keys = [[(epoch, int(i), s + j) for j, i in enumerate(batch)]
+                      for batch, s in zip(batches, starts)]
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batch_keys, num_workers=workers, collate_fn=PairCollate(dataset.aug),
         pin_memory=pin_memory, persistent_workers=False)

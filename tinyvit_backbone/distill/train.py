@@ -380,10 +380,12 @@ def _train_one_epoch(step: _Step, replay: ReplayDataset, num_samples: int, epoch
                      workers: int, progress) -> dict:
     """One epoch over this process's batches; returns the epoch's log record."""
     settings, env, device = step.settings, step.env, step.device
-    batches = rank_batches(epoch_batches(num_samples, settings.seed, epoch, settings.batch_size),
-                           env.rank, env.world_size, equal=True)
+    size = settings.batch_size
+    every = epoch_batches(num_samples, settings.seed, epoch, size)
+    ids = rank_batches(list(range(len(every))), env.rank, env.world_size, equal=True)
+    batches = [every[b] for b in ids]
     loader = replay_loader(replay, epoch, batches, workers=workers,
-                           pin_memory=device.type == "cuda")
+                           pin_memory=device.type == "cuda", starts=[b * size for b in ids])
     step.net.train()
     if settings.bn_eval:
         for m in step.net.modules():
