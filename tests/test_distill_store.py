@@ -67,6 +67,17 @@ def test_write_read_roundtrip(tmp_path, values):
         store.read(0, N)
 
 
+def test_batch_reads_by_position_need_no_order_table(tmp_path):
+    store = full_store(tmp_path / "s", epochs=(0,))
+    order = epoch_order(N, 0, 0)
+    batch = order[8:16]  # a training batch: a run of the epoch's order
+    by_table = store.read_many(0, batch)
+    by_position = store.read_many(0, batch, positions=np.arange(8, 16))
+    assert by_position.ok.all() and (by_position.seeds == by_table.seeds).all()
+    # a wrong position reads another sample's record, which fails its check
+    assert not store.read_many(0, batch, positions=np.arange(9, 17)).ok.any()
+
+
 def test_records_lie_in_epoch_order_and_reads_follow_it(tmp_path):
     store = full_store(tmp_path / "s", epochs=(0, 1))
     order = epoch_order(N, 0, 1)

@@ -87,8 +87,9 @@ class LogitStore:
         self.identity = identity_key(manifest["identity_digest"])
         self._read_fds: dict[int, int] = {}
         self._write_fds: dict[int, int] = {}
-        # read-ahead window of the per-sample reader: (epoch, start, stop, RecordBatch)
-        self._window: tuple[int, int, int, RecordBatch] | None = None
+        # read-ahead window of the per-sample reader: (epoch, start, stop, RecordBatch, the
+        # epoch's position table, seeds and validity as lists)
+        self._window: tuple | None = None
         self._next = (-1, -1)
         self._span = 1
 
@@ -258,17 +259,23 @@ class LogitStore:
 
     def read_record(self, epoch: int, index: int) -> tuple[Record, bool]:
         """:meth:`read` without the refusal: the record and whether it passed its check."""
-        self._check_indices(np.asarray([index]))
-        pos = int(self.order(epoch).position[index])
+        if not 0 <= index < self.num_samples:
+            self._check_indices(np.asarray([index]))
         win = self._window
+        if win is None or win[0] != epoch:
+            pos = int(self.order(epoch).position[index])
+        else:
+            pos = int(win[4][index])
         if win is None or win[0] != epoch or not win[1] <= pos < win[2]:
             self._span = min(2 * self._span, 512) if self._next == (epoch, pos) else 1
             stop = min(pos + self._span, self.layout.block_range(pos // self.layout.per_block)[1])
-            win = self._window = (epoch, pos, stop, self.read_run(epoch, pos, stop))
+            batch = self.read_run(epoch, pos, stop)
+            win = self._window = (epoch, pos, stop, batch, self.order(epoch).position,
+                                  batch.seeds.tolist(), batch.ok.tolist())
         self._next = (epoch, pos + 1)
-        batch, j = win[3], pos - win[1]
-        return Record(seed=int(batch.seeds[j]), indices=batch.indices[j],
-                      values=batch.values[j]), bool(batch.ok[j])
+        j = pos - win[1]
+        batch = win[3]
+        return Record(seed=win[5][j], indices=batch.indices[j], values=batch.values[j]), win[6][j]
 
     def bad_record_message(self, epoch: int, index: int) -> str:
         from .integrity import repair_command
