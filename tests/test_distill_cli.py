@@ -160,6 +160,16 @@ def test_help_does_not_load_the_detection_stacks():
     assert not _help_imports("as-installed") & {"mmdet", "mmseg"}
 
 
+def test_console_script_points_at_main():
+    import importlib
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    module, name = scripts["tinyvit-distill"].split(":")
+    assert getattr(importlib.import_module(module), name) is main
+
+
 def test_process_exit_code_and_message_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tinyvit_backbone.distill", "train", "--store",
