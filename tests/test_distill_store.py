@@ -169,6 +169,9 @@ def test_damaged_manifests_are_refused_with_the_fix(tmp_path):
     store = LogitStore.create(root, manifest(), rebuild_manifest=True)
     report, _ = scan_store(store, [0])
     assert report.sound
+    # a sound manifest is never rebuilt: other settings are still refused
+    with pytest.raises(StoreError, match="written with other settings"):
+        LogitStore.create(root, manifest(mixup=0.0), rebuild_manifest=True)
     path.unlink()
     with pytest.raises(StoreError, match="holds epoch files but no manifest.*--rebuild-manifest"):
         LogitStore.create(root, manifest())
@@ -185,6 +188,8 @@ def test_format_1_store_is_refused_with_the_convert_command(tmp_path):
     shutil.copytree(os.path.join(REPO, "tests", "fixtures", "distill_store_v1"), tmp_path / "v1")
     with pytest.raises(StoreError, match=r"format version 1.*convert-store --store "):
         LogitStore.open(tmp_path / "v1")
+    with pytest.raises(StoreError, match="convert-store"):  # not "rebuilt" into an empty store
+        LogitStore.create(tmp_path / "v1", manifest(), rebuild_manifest=True)
     (tmp_path / "v1" / "manifest.json").write_text(json.dumps(
         dict(json.loads((tmp_path / "v1" / "manifest.json").read_text()), format_version=9)))
     with pytest.raises(StoreError, match="format version 9"):

@@ -22,6 +22,7 @@ converted in place by ``python -m tinyvit_backbone.distill convert-store`` (:mod
 from __future__ import annotations
 
 import errno
+import json
 import os
 from dataclasses import dataclass
 
@@ -62,6 +63,14 @@ class RecordBatch:
     indices: np.ndarray  # (n, K) int64
     values: np.ndarray  # (n, K) float32
     ok: np.ndarray  # (n,) bool
+
+
+def _format_version(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f).get("format_version")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class LogitStore:
@@ -112,13 +121,21 @@ class LogitStore:
         Only one process (``writer=True``, rank 0, holding the writer lock) may write the
         manifest; the others call this with ``writer=False`` after a barrier and only check it.
         Raises :class:`StoreError` listing the differences when an existing store was written
-        with other settings. ``rebuild_manifest`` replaces a damaged manifest by this one.
+        with other settings. ``rebuild_manifest`` replaces a damaged (or lost) manifest by this
+        one; a sound manifest is kept and checked as always.
         """
         root = os.fspath(root)
         path = os.path.join(root, MANIFEST)
         manifest = dict(manifest, identity_digest=identity_digest(manifest))
-        if os.path.exists(path) and not (writer and rebuild_manifest):
-            store = cls.open(root)
+        store = None
+        if os.path.exists(path):
+            try:
+                store = cls.open(root)
+            except StoreError:
+                # Only a damaged manifest is rebuilt: never a sound one, nor a format-1 store's.
+                if not (writer and rebuild_manifest) or _format_version(path) == 1:
+                    raise
+        if store is not None:
             diffs = manifest_differences(store.manifest, manifest)
             if diffs:
                 raise StoreError(f"logit store {root!r} was written with other settings:\n  "
