@@ -39,7 +39,7 @@ class EpochIntegrity:
 
     @property
     def sound(self) -> bool:
-        return self.bad_records == 0 and self.file in ("full",)
+        return self.bad_records == 0 and self.file == "full"
 
     def describe(self) -> str:
         return f"epoch {self.epoch}: {self.findings()}"

@@ -198,6 +198,11 @@ class LogitStore:
     def _read_fd(self, epoch: int) -> int | None:
         fd = self._read_fds.get(epoch)
         if fd is None:
+            if len(self._read_fds) >= 4:  # a scan of 90 epochs must not hold 90 files open
+                for old in self._read_fds.values():
+                    os.close(old)
+                self._read_fds.clear()
+                self._window = None
             try:
                 fd = os.open(self.epoch_path(epoch), os.O_RDONLY)
             except FileNotFoundError:
@@ -367,9 +372,11 @@ class LogitStore:
         return True
 
     def sync(self) -> None:
-        """Flush written epoch files to stable storage."""
+        """Flush the written epoch files to stable storage and close them."""
         for fd in self._write_fds.values():
             os.fsync(fd)
+            os.close(fd)
+        self._write_fds.clear()
 
     def close(self) -> None:
         for fds in (self._write_fds, self._read_fds):
