@@ -196,6 +196,32 @@ def test_format_1_store_is_refused_with_the_convert_command(tmp_path):
         LogitStore.open(tmp_path / "v1")
 
 
+def test_interrupted_conversion_is_finished_by_the_same_command(tmp_path):
+    import shutil
+
+    from tests.helpers import epoch_files
+    from tinyvit_backbone.distill.legacy import convert_store
+
+    fixture = os.path.join(REPO, "tests", "fixtures", "distill_store_v1")
+    shutil.copytree(fixture, tmp_path / "straight")
+    convert_store(str(tmp_path / "straight"), log=lambda _: None)
+    shutil.copytree(fixture, tmp_path / "cut")
+
+    def crash_after_first_epoch(msg):
+        raise KeyboardInterrupt  # killed right after epoch 0 was converted
+
+    with pytest.raises(KeyboardInterrupt):
+        convert_store(str(tmp_path / "cut"), log=crash_after_first_epoch)
+    assert sorted(os.listdir(tmp_path / "cut")) == [".writer.lock", "epoch_0000.records",
+                                                    "epoch_0001.bin", "manifest.json"]
+    with pytest.raises(StoreError, match="convert-store"):
+        LogitStore.open(tmp_path / "cut")
+    result = convert_store(str(tmp_path / "cut"), log=lambda _: None)
+    assert result["epochs"][0] == dict(converted_earlier=True)
+    assert result["epochs_complete"] == [0, 1]
+    assert epoch_files(tmp_path / "cut") == epoch_files(tmp_path / "straight")
+
+
 def test_lock_refuses_a_second_writer_and_a_killed_writer_leaves_none(tmp_path):
     root = tmp_path / "s"
     with WriterLock(root):

@@ -46,27 +46,25 @@ def v1_record_format(manifest: dict) -> RecordFormat:
     return fmt
 
 
-def v1_valid(raw: np.ndarray, epoch: int, fmt: RecordFormat) -> np.ndarray:
-    """Which format-1 records (n,) of an epoch, addressed by sample index, are valid."""
-    body = fmt.body
-    view = memoryview(np.ascontiguousarray(raw)).cast("B")
-    size = fmt.size
-    checks = np.ascontiguousarray(raw[:, body:]).view("<u4").reshape(len(raw))
+def v1_valid(rows: np.ndarray, samples: np.ndarray, epoch: int, fmt: RecordFormat) -> np.ndarray:
+    """Which format-1 records (n,) of samples ``samples`` in ``epoch`` are valid."""
+    rows = np.ascontiguousarray(rows)
+    body, size = fmt.body, fmt.size
+    view = memoryview(rows).cast("B")
+    checks = rows[:, body:].copy().view("<u4").reshape(len(rows))
     crc, pack = zlib.crc32, struct.pack
-    computed = np.fromiter((crc(view[i * size:i * size + body], crc(pack("<qq", epoch, i)))
-                            for i in range(len(raw))), dtype=np.uint32, count=len(raw))
-    return (computed == checks) & (fmt.top1(raw) > 0)
+    computed = np.fromiter((crc(view[j * size:j * size + body], crc(pack("<qq", epoch, int(i))))
+                            for j, i in enumerate(samples)), dtype=np.uint32, count=len(rows))
+    return (computed == checks) & (fmt.top1(rows) > 0)
 
 
-def read_v1_epoch(path: str, num_samples: int, fmt: RecordFormat) -> np.ndarray:
-    """The format-1 file's records (N, R) by sample index; a short file reads as zeros past
-    its end (never-written records)."""
-    rows = np.zeros((num_samples, fmt.size), dtype=np.uint8)
-    with open(path, "rb") as f:
-        data = f.read(num_samples * fmt.size)
-    got = len(data) // fmt.size
-    rows[:got] = np.frombuffer(data, np.uint8, got * fmt.size).reshape(got, fmt.size)
-    return rows
+def v1_records(path: str, num_samples: int, fmt: RecordFormat):
+    """The format-1 file as a read-only (records present, R) memory map (None if empty); a
+    short file lacks its tail, i.e. never-written records."""
+    present = min(num_samples, os.path.getsize(path) // fmt.size)
+    if present == 0:
+        return None
+    return np.memmap(path, dtype=np.uint8, mode="r", shape=(present, fmt.size))
 
 
 def v2_manifest(v1: dict, block_bytes: int = BLOCK_BYTES) -> dict:
@@ -111,15 +109,14 @@ def convert_store(root: str, *, block_bytes: int = BLOCK_BYTES,
                 if os.path.exists(new):  # converted by an interrupted run: kept as is
                     epochs[epoch] = dict(converted_earlier=True)
                 continue
-            raw = read_v1_epoch(old, n, fmt)
-            valid = v1_valid(raw, epoch, fmt)
             order = epoch_order_table(n, int(v1["seed"]), epoch).order
-            rows = raw[order]  # position p holds sample order[p]
-            seal(rows, check_starts(identity, epoch, order), fmt)
-            rows[~valid[order]] = 0  # bad stays never-written: save-logits computes it
-            atomic_write(new, lambda f, r=rows: _write_blocks(f, r, layout))
+            v1_rows = v1_records(old, n, fmt)
+            counts = []
+            atomic_write(new, lambda f, m=v1_rows, e=epoch, o=order, c=counts: _convert_epoch(
+                f, m, e, o, fmt, layout, identity, c))
+            del v1_rows  # the format-1 file's map, before the file goes
             os.unlink(old)
-            kept = int(valid.sum())
+            kept = sum(counts)
             epochs[epoch] = dict(records_kept=kept, records_to_compute=n - kept)
             log(f"[convert-store] epoch {epoch}: {kept:,} of {n:,} records kept"
                 + (f", {n - kept:,} left for save-logits" if kept < n else ""))
@@ -134,15 +131,28 @@ def convert_store(root: str, *, block_bytes: int = BLOCK_BYTES,
                 epochs_complete=manifest["epochs_complete"], record_bytes=fmt.size)
 
 
-def _write_blocks(f, rows: np.ndarray, layout: EpochLayout) -> None:
-    """Write records in position order, block by block (zero padding between blocks)."""
+def _convert_epoch(f, v1_rows, epoch: int, order: np.ndarray, fmt: RecordFormat,
+                   layout: EpochLayout, identity: int, counts: list[int]) -> None:
+    """Write one epoch in format 2 block by block (memory stays bounded at ImageNet-21k scale):
+    position p takes the format-1 record of sample ``order[p]``, with a new check; records that
+    were bad or never written are left zero. Appends the records kept per block to ``counts``."""
     pad = bytes(layout.block_bytes - layout.per_block * layout.record_bytes)
+    present = 0 if v1_rows is None else len(v1_rows)
     for block in range(layout.num_blocks):
         start, stop = layout.block_range(block)
-        f.write(rows[start:stop].tobytes())
+        samples = order[start:stop].astype(np.int64)
+        rows = np.zeros((stop - start, fmt.size), dtype=np.uint8)
+        have = samples < present
+        if have.any():
+            rows[have] = v1_rows[samples[have]]
+        valid = v1_valid(rows, samples, epoch, fmt) & have
+        seal(rows, check_starts(identity, epoch, samples), fmt)
+        rows[~valid] = 0  # bad stays never-written: save-logits computes it
+        f.write(rows.tobytes())
         if block + 1 < layout.num_blocks:
             f.write(pad)
+        counts.append(int(valid.sum()))
 
 
-__all__ = ["V1_EPOCH_FILE", "convert_store", "read_v1_epoch", "v1_record_format", "v1_valid",
+__all__ = ["V1_EPOCH_FILE", "convert_store", "v1_record_format", "v1_records", "v1_valid",
            "v2_manifest"]
