@@ -1,29 +1,41 @@
 """Fast-distillation benchmark: what the store buys and what it costs.
 
-Figures (each against a baseline measured in the same run, same machine and threads):
+Every figure is against a baseline measured in the same run, on the same machine and threads.
+The store baselines behave as the official code (microsoft/Cream TinyViT, ``TxtManager``) does:
+one ``rank<r>-keys.txt`` (a sample key per line) and ``rank<r>-values.bin`` (records of
+``4 + 4K`` bytes: int32 seed, int16 indices, float16 values) per rank and epoch; written by a
+background process fed through a queue, one ``(key, bytes)`` message per sample, into a temporary
+folder moved into place at the end; read by loading the keys file into a dict on the first miss,
+then ``seek`` + ``read`` + decode per sample. Written from that description, not copied.
 
-* ``step_store_vs_online_seconds`` — one student training step fed from the store (replayed
-  augmentation + record read + soft-label rebuild + forward / backward / update) vs the same
-  step with the teacher run online. The teacher is ViT-L/14-sized (timm
-  ``vit_large_patch14_clip_224`` architecture, 304M parameters, random weights — no download)
-  at a reduced resolution on CPU (56 px: 16 patches; the full run uses 112 px) so the run stays
-  short; the student is TinyViT-5M (windows 7, 7, 4, 2 to fit the resolution), batch 16, on
-  the embedded digits. At 224 px on a GPU the teacher's share only grows.
-* ``step_store_vs_labels_seconds`` — the same step from the store vs a plain supervised step
-  (labels, same pipeline). Goal: at most 5% slower (speedup >= 0.95). The runs alternate so
-  that load changes on a shared machine hit both.
-* ``record_bytes_k<K>`` — bytes per record vs the official ``4 + 4K`` (K = 10 / C = 1000 for
-  IN-1k, K = 100 / C = 21841 for IN-21k); ``extra`` has the whole-store sizes of the paper's
-  runs. Goal: at most 10% larger.
-* ``random_read_records_per_s`` — random single-record reads (decoded, integrity-checked)
-  from our memory-mapped store vs a keys-text-file + values-blob layout like the official one
-  (key -> offset dict, seek, read, decode), same records; ``extra`` has the official reader's
-  key-index load time, which it pays once per process and per epoch.
+Records: ImageNet-21k shape (K = 100 of 21,841 classes), 200,000 per epoch (``--quick``: 50,000),
+peaked random teacher distributions, the same records in both layouts.
 
-Run ``python bench/bench_distill.py`` (quick) or ``... --full``.
+* ``read_per_sample_records_per_s`` — one record per call in training order (each record
+  decoded; ours also checked), as a DataLoader fetching items one by one does: ours reads ahead
+  along the epoch's order, the official reader reads its own rank file front to back.
+* ``read_epoch_seconds`` — a whole epoch as training reads it: ours one ``pread`` per training
+  batch (the DataLoader's batch fetch), the official reader per sample, its keys load included.
+* ``write_records_per_s`` — an epoch written as teacher batches of 128 arrive: ours encodes,
+  seals and ``pwrite``s each batch; the official-like writer queues one message per sample to
+  its writing process, timed until the files are in place. Neither syncs to disk.
+* ``scan_gb_per_s`` — the integrity scan (every record's crc32 and top-1) against reading the
+  same file's bytes with no check.
+* ``record_bytes_<format>_k<K>`` — bytes per record per value format vs the official ``4 + 4K``
+  (goal for log8 at K = 100: at most 75%, i.e. speedup >= 1.333); ``extra`` holds the whole-store
+  sizes of the paper's runs and the soft-label reconstruction error of the format.
+* ``step_store_vs_online_seconds`` / ``step_store_vs_labels_seconds`` — one student training
+  step fed from the store (replayed augmentation + batch read + soft-label rebuild + forward /
+  backward / update) vs the same step with a ViT-L/14-sized teacher online (timm
+  ``vit_large_patch14_clip_224``, 304M parameters, random weights, no download; 56 px on CPU,
+  112 px full) and vs a plain supervised step (goal >= 0.95). TinyViT-5M student (windows
+  7, 7, 4, 2), batch 16, embedded digits; the runs alternate so load changes hit both.
+
+Run ``python bench/bench_distill.py`` (full) or ``... --quick``.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -42,9 +54,295 @@ STUDENT_ARCH = {"embed_dims": [64, 128, 160, 320], "depths": [2, 2, 6, 2],
                 "num_heads": [2, 4, 5, 10], "window_sizes": [7, 7, 4, 2]}
 TEACHER = "vit_large_patch14_clip_224"
 IN1K_IMAGES, IN21K_IMAGES = 1_281_167, 13_153_920  # IN-21k: the count the official 481 GB implies
+TOPK, CLASSES, BATCH = 100, 21841, 128
 
 
-# --------------------------------------------------------------------------- (a) training step
+# --------------------------------------------------------------------------- records
+def teacher_records(n: int, topk: int, classes: int, seed: int = 0, chunk: int = 2000):
+    """(indices (n, K) int64, probabilities (n, K) float32 sorted) of peaked random softmaxes:
+    one class boosted by 2..12 nats over Gaussian logits of std 3 (a confident teacher)."""
+    rng = np.random.default_rng(seed)
+    out_i, out_v = [], []
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        logits = rng.standard_normal((m, classes), dtype=np.float32) * 3
+        logits[np.arange(m), rng.integers(0, classes, m)] += rng.uniform(2, 12, m)
+        logits -= logits.max(1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(1, keepdims=True)
+        top = np.argpartition(-probs, topk - 1, axis=1)[:, :topk]
+        order = np.argsort(-np.take_along_axis(probs, top, 1), axis=1)
+        idx = np.take_along_axis(top, order, 1)
+        out_i.append(idx)
+        out_v.append(np.take_along_axis(probs, idx, 1).astype(np.float32))
+    return np.concatenate(out_i), np.concatenate(out_v)
+
+
+def reconstruction_error(values_format: str, topk: int, classes: int, n: int = 2000) -> dict:
+    """How far soft labels rebuilt from a value format's records are from those rebuilt from the
+    exact float32 top-K: mean / max L1 distance per label and mean KL(exact || format)."""
+    from tinyvit_backbone.distill.record import RecordFormat
+    from tinyvit_backbone.distill.soft_label import rebuild_soft_labels
+
+    idx, vals = teacher_records(n, topk, classes, seed=1)
+    fmt = RecordFormat(topk, classes, values_format)
+    exact = rebuild_soft_labels(torch.from_numpy(idx), torch.from_numpy(vals), classes)
+    stored = rebuild_soft_labels(torch.from_numpy(idx), torch.from_numpy(fmt.roundtrip(vals)),
+                                 classes)
+    l1 = (exact - stored).abs().sum(-1)
+    kl = (exact * (exact.clamp_min(1e-30).log() - stored.clamp_min(1e-30).log())).sum(-1)
+    rel = np.abs(fmt.roundtrip(vals) / vals - 1)
+    return dict(samples=n, mean_l1=float(l1.mean()), max_l1=float(l1.max()),
+                mean_kl=float(kl.mean()), max_rel_error_per_value=float(rel.max()),
+                mean_rel_error_per_value=float(rel.mean()),
+                top1_mass_mean=float(vals[:, 0].mean()),
+                topk_mass_mean=float(vals.sum(1).mean()))
+
+
+# --------------------------------------------------------------------------- official layout
+def _official_writer_process(queue, folder: str, rank: int) -> None:
+    """Drain (key, bytes) messages into a temporary folder, then move the files into place."""
+    import shutil
+
+    tmp = tempfile.mkdtemp(prefix=f"official_rank{rank}_")
+    keys_path = os.path.join(tmp, f"rank{rank}-keys.txt")
+    values_path = os.path.join(tmp, f"rank{rank}-values.bin")
+    seen = set()
+    with open(keys_path, "w") as keys, open(values_path, "wb") as values:
+        while True:
+            item = queue.get()
+            if item is None:
+                break
+            key, value = item
+            if key in seen:  # padded samplers repeat samples: the first copy wins
+                continue
+            seen.add(key)
+            keys.write(key + "\n")
+            values.write(value)
+    os.makedirs(folder, exist_ok=True)
+    for path in (keys_path, values_path):
+        shutil.move(path, os.path.join(folder, os.path.basename(path)))
+    os.rmdir(tmp)
+
+
+class OfficialLikeWriter:
+    """A background writing process fed one message per sample (see the module docstring)."""
+
+    def __init__(self, folder: str, rank: int = 0):
+        ctx = multiprocessing.get_context("fork")
+        self.queue = ctx.Queue()
+        self.process = ctx.Process(target=_official_writer_process,
+                                   args=(self.queue, folder, rank))
+        self.process.start()
+
+    def write_batch(self, keys, seeds, indices, values) -> None:
+        seeds = np.asarray(seeds, np.int32)
+        indices = np.asarray(indices).astype(np.int16)
+        values = np.asarray(values).astype(np.float16)
+        for key, s, i, v in zip(keys, seeds, indices, values):
+            self.queue.put((key, s.tobytes() + i.tobytes() + v.tobytes()))
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.process.join()
+
+
+class OfficialLikeReader:
+    """Keys loaded into a dict on the first miss, then seek + read + decode per sample."""
+
+    def __init__(self, folder: str, topk: int, rank: int = 0):
+        self.folder, self.topk, self.rank = folder, topk, rank
+        self.size = 4 + 4 * topk
+        self.keys: dict[str, int] = {}
+        self.values = None
+
+    def _load(self) -> None:
+        with open(os.path.join(self.folder, f"rank{self.rank}-keys.txt")) as f:
+            for row, line in enumerate(f.readlines()):
+                self.keys[line.strip()] = row
+
+    def read(self, key: str):
+        row = self.keys.get(key)
+        if row is None:
+            self._load()
+            row = self.keys[key]
+        if self.values is None:
+            self.values = open(os.path.join(self.folder, f"rank{self.rank}-values.bin"), "rb")
+        self.values.seek(row * self.size)
+        raw = self.values.read(self.size)
+        k = self.topk
+        seed = int(np.frombuffer(raw[:4], dtype=np.int32)[0])
+        return (seed, np.frombuffer(raw[4:4 + 2 * k], dtype=np.int16).copy(),
+                np.frombuffer(raw[4 + 2 * k:4 + 4 * k], dtype=np.float16).copy())
+
+    def close(self) -> None:
+        if self.values is not None:
+            self.values.close()
+
+
+# --------------------------------------------------------------------------- our store
+def _store_manifest(n: int, topk: int, classes: int, value_format: str = "fp16") -> dict:
+    from tinyvit_backbone.distill.datasets import DatasetInfo
+    from tinyvit_backbone.distill.replay import AugConfig
+    from tinyvit_backbone.distill.save_logits import SaveSettings, build_manifest
+
+    aug = AugConfig()
+    teacher = dict(model=TEACHER, model_kwargs={}, checkpoint="-", checkpoint_sha256="-",
+                   num_classes=classes, mean=list(aug.mean), std=list(aug.std))
+    info = DatasetInfo("imagefolder", "-", "train", n, tuple(map(str, range(classes))), "bench")
+    return build_manifest(teacher, info, aug, SaveSettings(topk=topk, batch_size=BATCH,
+                                                           value_format=value_format))
+
+
+def _io_figures(quick: bool) -> list[Figure]:
+    from tinyvit_backbone.distill.integrity import bad_positions
+    from tinyvit_backbone.distill.layout import epoch_order_table
+    from tinyvit_backbone.distill.replay import epoch_batches
+    from tinyvit_backbone.distill.store import LogitStore
+
+    n = 50_000 if quick else 200_000
+    idx, vals = teacher_records(n, TOPK, CLASSES)
+    seeds = np.random.default_rng(2).integers(0, 2**31, n).astype(np.int32)
+    keys = [f"n{i // 1300:08d}/n{i // 1300:08d}_{i}.JPEG" for i in range(n)]  # IN-21k-like keys
+    batches = epoch_batches(n, 0, 0, BATCH)  # training order: consecutive runs of the order
+    order = np.concatenate(batches)
+    figs = []
+    with tempfile.TemporaryDirectory(prefix="bench_distill_") as tmp:
+        # ---- writes (order of arrival: the epoch's batches)
+        def write_ours():
+            store = LogitStore.create(os.path.join(tmp, "ours"), _store_manifest(n, TOPK, CLASSES))
+            for b in batches:
+                store.write(0, b, seeds[b], idx[b], vals[b])
+            store.close()
+
+        def write_official():
+            writer = OfficialLikeWriter(os.path.join(tmp, "official"))
+            for b in batches:
+                writer.write_batch([keys[i] for i in b], seeds[b], idx[b], vals[b])
+            writer.close()
+
+        def clean(name):
+            import shutil
+
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+
+        w = {"ours": [], "official": []}
+        for _ in range(2 if quick else 3):  # interleaved: load drift hits both alike
+            for name, fn in (("ours", write_ours), ("official", write_official)):
+                clean(name)
+                w[name].append(time_call(fn, warmup=0, repeat=1))
+        t_w_ours, t_w_off = float(np.median(w["ours"])), float(np.median(w["official"]))
+        store = LogitStore.open(os.path.join(tmp, "ours"))
+        official = OfficialLikeReader(os.path.join(tmp, "official"), TOPK)
+        # same records in both layouts
+        rec = store.read(0, int(order[5]))
+        s, i, v = official.read(keys[order[5]])
+        assert rec.seed == s and np.array_equal(rec.indices, i) and np.array_equal(
+            rec.values, v.astype(np.float32))
+        figs.append(Figure(BENCH, "write_records_per_s", n / t_w_ours, "records/s",
+                           "official-like: queue + writing process", n / t_w_off, goal=1.0,
+                           extra=dict(records=n, batch=BATCH, topk=TOPK, classes=CLASSES,
+                                      value_format="fp16", ours_s=w["ours"],
+                                      official_s=w["official"], fsync="neither")))
+
+        # ---- per-sample reads in training order
+        order_list, key_order = order.tolist(), [keys[i] for i in order]
+
+        def per_sample_ours():
+            epoch_order_table.cache_clear()  # the epoch's order: computed per epoch, like keys
+            fresh = LogitStore.open(os.path.join(tmp, "ours"))
+            for i in order_list:
+                fresh.read(0, i)
+            fresh.close()
+
+        def per_sample_official():
+            reader = OfficialLikeReader(os.path.join(tmp, "official"), TOPK)
+            for k in key_order:
+                reader.read(k)
+            reader.close()
+
+        def epoch_ours():
+            epoch_order_table.cache_clear()
+            fresh = LogitStore.open(os.path.join(tmp, "ours"))
+            for b in batches:
+                fresh.read_many(0, b)
+            fresh.close()
+
+        r = {k: [] for k in ("ps_ours", "ps_official", "ep_ours")}
+        per_sample_ours(), per_sample_official()  # warm the page cache for both
+        for _ in range(3 if quick else 5):
+            r["ps_ours"].append(time_call(per_sample_ours, warmup=0, repeat=1))
+            r["ps_official"].append(time_call(per_sample_official, warmup=0, repeat=1))
+            r["ep_ours"].append(time_call(epoch_ours, warmup=0, repeat=1))
+        t_ps_ours, t_off = float(np.median(r["ps_ours"])), float(np.median(r["ps_official"]))
+        t_ep_ours = float(np.median(r["ep_ours"]))
+        tic = time.perf_counter()
+        OfficialLikeReader(os.path.join(tmp, "official"), TOPK)._load()
+        key_load_s = time.perf_counter() - tic
+        extra = dict(records=n, topk=TOPK, classes=CLASSES, value_format="fp16",
+                     ours_checks_crc=True, official_checks_nothing=True,
+                     official_key_index_load_s=round(key_load_s, 3), rounds=r)
+        figs.append(Figure(BENCH, "read_per_sample_records_per_s", n / t_ps_ours, "records/s",
+                           "official reader, per sample", n / t_off, goal=1.0, extra=extra))
+        figs.append(Figure(BENCH, "read_epoch_seconds", t_ep_ours, "s",
+                           "official reader, per sample (keys load included)", t_off,
+                           higher_is_better=False, goal=1.0,
+                           extra=dict(extra, training_batch=BATCH)))
+
+        # ---- integrity scan vs reading the bytes unchecked
+        path = store.epoch_path(0)
+        nbytes = os.path.getsize(path)
+
+        def scan():
+            s = LogitStore.open(os.path.join(tmp, "ours"))
+            bad, _, _ = bad_positions(s, 0, [(0, n)])
+            assert len(bad) == 0
+            s.close()
+
+        def raw_read():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                offset = 0
+                while chunk := os.pread(fd, 8 << 20, offset):
+                    offset += len(chunk)
+            finally:
+                os.close(fd)
+
+        scan(), raw_read()
+        t_scan = time_call(scan, warmup=0, repeat=3)
+        t_raw = time_call(raw_read, warmup=0, repeat=3)
+        figs.append(Figure(BENCH, "scan_gb_per_s", nbytes / t_scan / 1e9, "GB/s",
+                           "reading the same bytes unchecked", nbytes / t_raw / 1e9,
+                           extra=dict(bytes=nbytes, records=n, check="crc32 per record "
+                                      "(zlib) + top-1 > 0", processes=1)))
+        store.close()
+        official.close()
+    return figs
+
+
+# --------------------------------------------------------------------------- record size
+def _size_figures() -> list[Figure]:
+    from tinyvit_backbone.distill.record import RecordFormat, official_record_bytes
+
+    figs = []
+    for name, topk, classes, images, epochs in (("in1k", 10, 1000, IN1K_IMAGES, 300),
+                                                 ("in21k", 100, 21841, IN21K_IMAGES, 90)):
+        official = official_record_bytes(topk)
+        for values, goal in (("fp16", 1 / 1.1), ("log8", 1 / 0.75 if topk == 100 else None)):
+            ours = RecordFormat(topk, classes, values).size
+            figs.append(Figure(
+                BENCH, f"record_bytes_{values}_k{topk}", ours, "bytes", "official 4 + 4K",
+                official, higher_is_better=False, goal=goal, extra=dict(
+                    dataset=name, num_classes=classes, epochs=epochs, value_format=values,
+                    share_of_official=round(ours / official, 4),
+                    store_gb=round(ours * images * epochs / 1e9, 1),
+                    official_store_gb=round(official * images * epochs / 1e9, 1),
+                    reconstruction=reconstruction_error(values, topk, classes,
+                                                        n=500 if topk == 100 else 2000))))
+    return figs
+
+
+# --------------------------------------------------------------------------- training step
 def _fake_store(root: str, data, aug, topk: int, num_classes: int):
     """A store whose records are random top-K rows: the student reads them like real ones."""
     from tinyvit_backbone.distill.replay import sample_seed
@@ -54,14 +352,11 @@ def _fake_store(root: str, data, aug, topk: int, num_classes: int):
     teacher = dict(model=TEACHER, model_kwargs={}, checkpoint="-", checkpoint_sha256="-",
                    num_classes=num_classes, mean=list(aug.mean), std=list(aug.std))
     store = LogitStore.create(root, build_manifest(teacher, data, aug, SaveSettings(topk=topk)))
-    store.allocate_epoch(0)
-    rng = np.random.default_rng(0)
     n = data.num_samples
-    idx = np.stack([rng.permutation(num_classes)[:topk] for _ in range(n)])
-    vals = -np.sort(-rng.dirichlet(np.ones(num_classes), n)[:, :topk], axis=1)
-    store.write(0, np.arange(n), np.array([sample_seed(0, 0, i) for i in range(n)]), idx,
-                vals.astype(np.float16))
+    idx, vals = teacher_records(n, topk, num_classes)
+    store.write(0, np.arange(n), np.array([sample_seed(0, 0, i) for i in range(n)]), idx, vals)
     store.mark_complete(0)
+    store.close()
     return LogitStore.open(root)
 
 
@@ -146,126 +441,9 @@ def _step_figures(quick: bool) -> list[Figure]:
     ]
 
 
-# --------------------------------------------------------------------------- (b) record size
-def _size_figures() -> list[Figure]:
-    from tinyvit_backbone.distill.store import official_record_bytes, record_dtype
-
-    figs = []
-    for name, topk, classes, images, epochs in (("in1k", 10, 1000, IN1K_IMAGES, 300),
-                                                 ("in21k", 100, 21841, IN21K_IMAGES, 90)):
-        ours, official = record_dtype(topk, classes).itemsize, official_record_bytes(topk)
-        figs.append(Figure(BENCH, f"record_bytes_k{topk}", ours, "bytes", "official 4 + 4K",
-                           official, higher_is_better=False, goal=1 / 1.1, extra=dict(
-                               dataset=name, num_classes=classes, epochs=epochs,
-                               store_gb=round(ours * images * epochs / 1e9, 1),
-                               official_store_gb=round(official * images * epochs / 1e9, 1),
-                               what_the_extra_bytes_hold="crc32 per record (integrity + done mark)")))
-    return figs
-
-
-# --------------------------------------------------------------------------- (c) random reads
-class OfficialLikeStore:
-    """Keys text file + values blob, read as the official reader does (dict key -> row, seek,
-    read ``4 + 4K`` bytes, decode seed / int16 indices / float16 values)."""
-
-    def __init__(self, folder: str, topk: int):
-        self.folder, self.topk, self.size = folder, topk, 4 + 4 * topk
-        self.keys: dict[str, int] = {}
-        self.values = None
-
-    @staticmethod
-    def write(folder: str, keys: list[str], seeds, indices, values) -> None:
-        with open(os.path.join(folder, "rank0-keys.txt"), "w") as f:
-            f.write("".join(k + "\n" for k in keys))
-        with open(os.path.join(folder, "rank0-values.bin"), "wb") as f:
-            for s, i, v in zip(seeds, indices, values):
-                f.write(np.int32(s).tobytes() + i.astype(np.int16).tobytes()
-                        + v.astype(np.float16).tobytes())
-
-    def load_keys(self) -> None:
-        with open(os.path.join(self.folder, "rank0-keys.txt")) as f:
-            self.keys = {line.strip(): row for row, line in enumerate(f)}
-        self.values = open(os.path.join(self.folder, "rank0-values.bin"), "rb")
-
-    def read(self, key: str):
-        self.values.seek(self.keys[key] * self.size)
-        raw = self.values.read(self.size)
-        k = self.topk
-        seed = int(np.frombuffer(raw[:4], dtype=np.int32)[0])
-        return (seed, np.frombuffer(raw[4:4 + 2 * k], dtype=np.int16).astype(np.int64),
-                np.frombuffer(raw[4 + 2 * k:], dtype=np.float16).astype(np.float32))
-
-
-def _read_figures(quick: bool) -> list[Figure]:
-    with tempfile.TemporaryDirectory(prefix="bench_distill_read_") as tmp:
-        return _read_figures_in(tmp, quick)
-
-
-def _read_figures_in(tmp: str, quick: bool) -> list[Figure]:
-    from tinyvit_backbone.distill.datasets import DatasetInfo
-    from tinyvit_backbone.distill.replay import AugConfig
-
-    n, reads, topk, classes = (100_000, 20_000, 10, 1000) if quick else (1_000_000, 100_000, 10, 1000)
-    info = DatasetInfo("imagefolder", tmp, "train", n, tuple(map(str, range(classes))), "bench")
-    rng = np.random.default_rng(0)
-    seeds = rng.integers(0, 2**31, n).astype(np.int32)
-    idx = rng.integers(0, classes, (n, topk))
-    vals = rng.random((n, topk)).astype(np.float16)
-    from tinyvit_backbone.distill.save_logits import SaveSettings, build_manifest
-    from tinyvit_backbone.distill.store import LogitStore
-
-    aug = AugConfig()
-    teacher = dict(model="-", model_kwargs={}, checkpoint="-", checkpoint_sha256="-",
-                   num_classes=classes, mean=list(aug.mean), std=list(aug.std))
-    store = LogitStore.create(os.path.join(tmp, "ours"),
-                              build_manifest(teacher, info, aug, SaveSettings(topk=topk)))
-    store.allocate_epoch(0)
-    store.write(0, np.arange(n), seeds, idx, vals)
-    store.close()
-    official_dir = os.path.join(tmp, "official")
-    os.makedirs(official_dir)
-    keys = [f"n{i // 1300:08d}/n{i // 1300:08d}_{i}.JPEG" for i in range(n)]  # ImageNet-like keys
-    OfficialLikeStore.write(official_dir, keys, seeds, idx, vals)
-    order = rng.integers(0, n, reads)
-    ours = LogitStore.open(os.path.join(tmp, "ours"))
-    ours.read(0, 0)  # open the map
-    official = OfficialLikeStore(official_dir, topk)
-    tic = time.perf_counter()
-    official.load_keys()
-    key_load_s = time.perf_counter() - tic
-    key_order = [keys[i] for i in order]
-
-    def read_ours():
-        for i in order.tolist():
-            ours.read(0, i)
-
-    def read_official():
-        for k in key_order:
-            official.read(k)
-
-    read_ours(), read_official()  # warm the page cache for both
-    rounds = {"ours": [], "official": []}
-    for _ in range(5):  # interleaved: load drift on a shared machine hits both alike
-        rounds["ours"].append(time_call(read_ours, warmup=0, repeat=1))
-        rounds["official"].append(time_call(read_official, warmup=0, repeat=1))
-    t_ours, t_official = float(np.median(rounds["ours"])), float(np.median(rounds["official"]))
-    # sanity: both layouts hold the same records
-    rec = ours.read(0, int(order[0]))
-    seed, ind, val = official.read(key_order[0])
-    assert rec.seed == seed and np.array_equal(rec.indices, ind) and np.array_equal(rec.values, val)
-    ours.close()
-    official.values.close()
-    return [Figure(BENCH, "random_read_records_per_s", reads / t_ours, "records/s",
-                   "keys.txt + values.bin (official layout)", reads / t_official,
-                   higher_is_better=True, goal=1.0, extra=dict(
-                       records=n, reads=reads, topk=topk,
-                       official_key_index_load_s=round(key_load_s, 3),
-                       ours_checks_crc=True, official_checks_nothing=True))]
-
-
 def run(quick: bool = True) -> list[Figure]:
     threads = torch.get_num_threads()
-    figs = _size_figures() + _read_figures(quick) + _step_figures(quick)
+    figs = _size_figures() + _io_figures(quick) + _step_figures(quick)
     for fig in figs:
         fig.extra.setdefault("torch_threads", threads)
     return figs

@@ -36,7 +36,7 @@ def run(capsys, *argv):
 
 
 def test_help_of_every_command(capsys):
-    for cmd in ("save-logits", "verify", "train", "finetune", "mini-repro"):
+    for cmd in ("save-logits", "verify", "train", "finetune", "mini-repro", "convert-store"):
         with pytest.raises(SystemExit) as exit_:
             main([cmd, "--help"])
         assert exit_.value.code == 0
@@ -66,10 +66,10 @@ def test_train_verify_finetune_happy_path(env, capsys):
 
 
 @pytest.mark.parametrize("extra, words", [
-    (["--mixup", "0"], "augmentation flags disagree with store"),
-    (["--seed", "5"], "--seed 5 disagrees with store"),
-    (["--epochs", "3"], "epoch 2 is not complete"),
-    (["--num-classes", "7"], "--num-classes 7 disagrees"),
+    (["--mixup", "0"], "the augmentation differs from the store's: mixup 0.0 (store: 0.8)"),
+    (["--seed", "5"], "seed 5 differs from the store's (0)"),
+    (["--epochs", "3"], "3 epochs asked, but the store plans 2"),
+    (["--num-classes", "7"], "7 classes, but the store holds 10-class records"),
     (["--arch", "tiny"], "--arch: unknown TinyViT arch 'tiny'"),
     (["--batch-size", "7"], "must be even"),
 ])
@@ -88,29 +88,12 @@ def test_train_refuses_another_dataset(env, capsys):
     assert code == 2 and "pass the same dataset" in err and "40 samples" in err
 
 
-def test_corrupted_store_is_refused_by_train_and_flagged_by_verify(env, capsys, tmp_path):
+def test_every_mismatch_is_listed_at_once(env, capsys):
     root, _ = env
-    import shutil
-
-    store = tmp_path / "store"
-    shutil.copytree(root / "store", store)
-    with open(store / "epoch_0000.bin", "r+b") as f:
-        data = bytearray(f.read())
-        data[len(data) // 2] ^= 0xFF
-        f.seek(0)
-        f.write(data)
-    code, out, _ = run(capsys, "verify", "--store", store, "--data", root / "data",
-                       "--num-records", 4)
-    report = json.loads(out)
-    assert code == 1 and not report["ok"] and report["integrity"]["invalid_records"]["0"] == 1
-    code, _, err = run(capsys, "train", "--store", store, "--data", root / "data", "--out",
-                       tmp_path / "s", "--arch", root / "arch.json", "--batch-size", "8",
-                       "--no-progress")
-    assert code == 2 and "fails its check" in err and "epoch_0000.bin" in err
-    with open(store / "epoch_0001.bin", "r+b") as f:
-        f.truncate(100)
-    code, _, err = run(capsys, "verify", "--store", store, "--data", root / "data")
-    assert code == 2 and "truncated" in err
+    code, _, err = run(capsys, "train", "--store", root / "store", "--data", root / "data",
+                       "--out", root / "bad", "--arch", root / "arch.json", "--mixup", "0",
+                       "--seed", "5", "--epochs", "3", "--no-progress")
+    assert code == 2 and err.count("\n  ") == 3 and "does not fit store" in err
 
 
 @pytest.mark.parametrize("change, words", [
@@ -138,6 +121,53 @@ def test_bad_flag_values_are_explained(env, capsys, tmp_path):
     assert code == 2 and "three numbers" in err
     code, _, err = run(capsys, "save-logits", *common, "--out", tmp_path / "s", "--topk", "11")
     assert code == 2 and "top-K must be in 1..10" in err
+
+
+HEAVY = {"torch", "timm", "torchvision", "mmengine", "mmdet", "mmseg"}
+HELP = """
+import sys, types
+if sys.argv[1] == "light-core":  # the package's own __init__ left out: what distill needs
+    core = types.ModuleType("tinyvit_backbone")
+    core.__path__ = ["tinyvit_backbone"]
+    sys.modules["tinyvit_backbone"] = core
+from tinyvit_backbone.distill.__main__ import main
+try:
+    main(["save-logits", "--help"])
+except SystemExit:
+    pass
+print(sorted(m for m in sys.modules if m.split(".")[0] in {heavy}))
+"""
+
+
+def _help_imports(mode: str) -> set[str]:
+    proc = subprocess.run([sys.executable, "-c", HELP.format(heavy=sorted(HEAVY)), mode],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return {m.split(".")[0] for m in eval(proc.stdout.strip().splitlines()[-1])}
+
+
+def test_help_imports_nothing_heavy_of_its_own():
+    """The distillation CLI's parser needs no torch, timm, mmengine, mmdet or mmseg."""
+    assert _help_imports("light-core") == set()
+
+
+def test_help_does_not_load_the_detection_stacks():
+    core = subprocess.run([sys.executable, "-c", "import sys, tinyvit_backbone; "
+                           "print('mmdet' in sys.modules or 'mmseg' in sys.modules)"],
+                          cwd=REPO, capture_output=True, text=True)
+    if core.stdout.strip() == "True":
+        pytest.skip("tinyvit_backbone/__init__.py still registers into mmdet and mmseg on import")
+    assert not _help_imports("as-installed") & {"mmdet", "mmseg"}
+
+
+def test_console_script_points_at_main():
+    import importlib
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    module, name = scripts["tinyvit-distill"].split(":")
+    assert getattr(importlib.import_module(module), name) is main
 
 
 def test_process_exit_code_and_message_without_traceback(tmp_path):

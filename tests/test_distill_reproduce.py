@@ -14,11 +14,13 @@ from tinyvit_backbone.distill.store import LogitStore
 def test_pipeline_smoke_and_rerun_reuses_outputs(tmp_path):
     out = str(tmp_path / "repro")
     result = run_pipeline(out, scale="smoke", with_online=True, progress=False,
-                          log=lambda _: None)
-    assert set(result["accuracy"]) == {"teacher", "store", "labels", "online"}
+                          value_formats=("fp16", "log8"), log=lambda _: None)
+    assert set(result["accuracy"]) == {"teacher", "store", "store_log8", "labels", "online"}
+    assert result["stores"]["fp16"]["record_bytes"] == 4 + 5 * 4 + 4
+    assert result["stores"]["log8"]["record_bytes"] == 4 + 3 + 4 + 4 + 4  # 4-bit indices
     assert all(0 <= v <= 100 for v in result["accuracy"].values())
     assert result["accuracy"]["teacher"] > 20  # chance is 10%: one epoch already learns
-    for key in ("store", "labels", "online", "init"):
+    for key in ("store", "store_log8", "labels", "online", "init"):
         state = torch.load(result["weights"][key], weights_only=True)
         from tinyvit_backbone.backbone import TinyViT
 
@@ -27,11 +29,14 @@ def test_pipeline_smoke_and_rerun_reuses_outputs(tmp_path):
             set(backbone.state_dict())
         assert "head.fc.weight" in state
     assert LogitStore.open(os.path.join(out, "store")).epochs_complete == [0, 1]
+    assert LogitStore.open(os.path.join(out, "store_log8")).record.values == "log8"
     assert json.load(open(os.path.join(out, "results.json")))["accuracy"] == result["accuracy"]
 
     messages = []
     again = run_pipeline(out, scale="smoke", with_online=True, progress=False,
-                         log=messages.append)
+                         value_formats=("fp16", "log8"), log=messages.append)
     assert again["accuracy"] == result["accuracy"]
-    assert sum("finished run found, skipped" in m for m in messages) == 4  # teacher + 3 students
-    assert not any("[save-logits] epoch" in m for m in messages)  # store reused
+    assert sum("finished run found, skipped" in m for m in messages) == 5  # teacher + 4 students
+    # the stores are scanned again and reused: nothing written
+    assert sum("sound, nothing to write" in m for m in messages) == 2
+    assert not any("records written" in m for m in messages)

@@ -40,6 +40,17 @@ def test_rebuild_with_k_equal_to_c_and_rounding_overflow():
         rebuild_soft_labels(torch.tensor([[0, 1, 2]]), torch.tensor([[0.3, 0.3, 0.3]]), 2)
 
 
+def test_weighted_loss_leaves_samples_out():
+    logits = torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.5, 0.5]])
+    target = torch.tensor([[0.2, 0.8], [1.0, 0.0], [0.5, 0.5]])
+    kept = soft_target_cross_entropy(logits[[0, 2]], target[[0, 2]])
+    weighted = soft_target_cross_entropy(logits, target, torch.tensor([1.0, 0.0, 1.0]))
+    torch.testing.assert_close(weighted, kept)
+    # nothing left: 0, and still a graph every process can step through
+    zero = soft_target_cross_entropy(logits.requires_grad_(), target, torch.zeros(3))
+    assert float(zero.detach()) == 0.0 and zero.requires_grad
+
+
 def test_soft_target_cross_entropy_by_hand():
     logits = torch.tensor([[0.0, math.log(3.0)], [1.0, 1.0]])
     target = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
@@ -48,13 +59,13 @@ def test_soft_target_cross_entropy_by_hand():
     assert math.isclose(float(soft_target_cross_entropy(logits, target)), expected, rel_tol=1e-6)
 
 
-def test_sparsify_sorted_top_k_in_float16():
-    logits = torch.tensor([[0.0, 2.0, 1.0, -1.0]])
+def test_sparsify_sorted_top_k_in_float32():
+    logits = torch.tensor([[0.0, 2.0, 1.0, -1.0]], dtype=torch.bfloat16)  # AMP logits
     indices, values = sparsify(logits, 2)
-    probs = torch.softmax(logits, -1)[0]
+    probs = torch.softmax(logits.float(), -1)[0]
     assert indices.tolist() == [[1, 2]]
-    assert values.dtype == torch.float16
-    torch.testing.assert_close(values.float(), probs[[1, 2]].half().float().unsqueeze(0))
+    assert values.dtype == torch.float32
+    torch.testing.assert_close(values, probs[[1, 2]].unsqueeze(0))
     # the full chain: sparsify -> rebuild keeps the top-K and the total mass
     target = rebuild_soft_labels(indices, values, 4)
     assert math.isclose(float(target.sum()), 1.0, abs_tol=1e-3)

@@ -6,7 +6,7 @@ from torch.utils.data import Subset
 from tinyvit_backbone.backbone import TinyViT, build_timm_tinyvit
 from tinyvit_backbone.checkpoint import backbone_state_dict
 from tinyvit_backbone.distill.datasets import DatasetInfo, open_dataset
-from tinyvit_backbone.distill.errors import DistillError, StoreError
+from tinyvit_backbone.distill.errors import DistillError
 from tinyvit_backbone.distill.replay import AugConfig
 from tinyvit_backbone.distill.runtime import DistEnv, amp_dtype, select_device
 from tinyvit_backbone.distill.save_logits import SaveSettings, save_logits
@@ -98,7 +98,8 @@ def test_interrupted_training_resumes_to_the_same_weights(setup):
 
 def test_store_epochs_beyond_the_store_are_refused(setup):
     root, data, info, _, store = setup
-    with pytest.raises(StoreError, match=r"epoch 2 is not complete.*complete epochs: \[0, 1\]"):
+    with pytest.raises(DistillError, match=r"3 epochs asked, but the store plans 2 \(complete: "
+                                           r"\[0, 1\]\); append epochs with save-logits --epochs 3"):
         train_classifier(student, data, info, AUG, TrainSettings(mode="store", epochs=3,
                          batch_size=BATCH), str(root / "too_long"), num_classes=10,
                          store=store, **quiet)

@@ -1,19 +1,19 @@
 """Datasets the distillation tools read: an ImageFolder tree or the embedded digits.
 
 Both return ``(PIL image, label)`` with no transform (the replay adds it). The fingerprint that
-goes into a store's manifest identifies the samples and their order: for ImageFolder, the sorted
-relative paths, file sizes and labels (not the pixels: hashing ImageNet would take hours); for
-the digits, the scans and labels themselves.
+goes into a store's manifest identifies the samples and their order
+(:mod:`tinyvit_backbone.fingerprint`: for ImageFolder the sorted relative paths, file sizes and
+labels, not the pixels, since hashing ImageNet would take hours; for the digits the split, size,
+sample indices and labels).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 
-import numpy as np
 from torch.utils.data import Dataset
 
+from ..fingerprint import digits_fingerprint, folder_fingerprint
 from .errors import DistillError
 
 DIGITS = "digits"
@@ -47,13 +47,9 @@ def open_dataset(data: str, split: str = "train", image_size: int = 32) -> tuple
     if data == DIGITS:
         from ..embedded.digits import DigitsDataset
 
-        ds = DigitsDataset(split=split, image_size=image_size)
-        digest = hashlib.sha256()
-        digest.update(f"digits|{split}|{image_size}|".encode())
-        digest.update(np.asarray(ds.indices, dtype=np.int64).tobytes())
-        digest.update(np.asarray(ds.targets, dtype=np.int64).tobytes())
-        return _DigitsPIL(ds), DatasetInfo(DIGITS, DIGITS, split, len(ds), tuple(ds.classes),
-                                           digest.hexdigest())
+        ds = DigitsDataset(split=split, image_size=image_size)  # no transform: (PIL, label)
+        return ds, DatasetInfo(DIGITS, DIGITS, split, len(ds), tuple(ds.classes),
+                               digits_fingerprint(split, image_size, ds.indices, ds.targets))
     root = os.path.abspath(data)
     if not os.path.isdir(root):
         raise DistillError(f"dataset {data!r} is neither 'digits' nor an existing folder: pass "
@@ -65,27 +61,8 @@ def open_dataset(data: str, split: str = "train", image_size: int = 32) -> tuple
     except (FileNotFoundError, RuntimeError) as err:
         raise DistillError(f"{root!r} is not an ImageFolder tree ({err}); it needs one folder "
                            "per class holding the images") from None
-    digest = hashlib.sha256(b"imagefolder|")
-    digest.update("|".join(ds.classes).encode())
-    for path, label in ds.samples:
-        digest.update(f"|{os.path.relpath(path, root)}|{os.path.getsize(path)}|{label}".encode())
     return ds, DatasetInfo("imagefolder", root, split, len(ds), tuple(ds.classes),
-                           digest.hexdigest())
-
-
-class _DigitsPIL(Dataset):
-    """The digits as (PIL image, label), without the dataset's own transform."""
-
-    def __init__(self, digits):
-        self.digits = digits
-        self.classes = digits.classes
-        self.targets = digits.targets
-
-    def __len__(self) -> int:
-        return len(self.digits)
-
-    def __getitem__(self, i: int):
-        return self.digits.image(i), self.digits.targets[i]
+                           folder_fingerprint(root, ds.classes, ds.samples))
 
 
 class TransformedDataset(Dataset):

@@ -244,43 +244,81 @@ class ReplayDataset(Dataset):
     Indexed by ``(epoch, index)`` tuples (as the batch samplers built from
     :func:`epoch_batches` yield them), so no epoch state has to reach the DataLoader workers.
     Items are dicts: ``image`` (C, H, W) float, ``label``, ``index``, ``seed``, and with a
-    ``store`` also ``topk_indices`` (K,) int64 and ``topk_values`` (K,) float32.
+    ``store`` also ``topk_indices`` (K,) int64, ``topk_values`` (K,) float32 and ``valid``.
+
+    A DataLoader fetches a whole batch through :meth:`__getitems__`, which reads the batch's
+    records from the store as one sequential run (training batches are runs of the store's
+    order); single items read ahead in the store's order.
 
     Args:
         base: dataset returning ``(PIL image, label)`` with no transform of its own.
         aug: the augmentation (per-sample part; pair mixing happens in :class:`PairCollate`).
         base_seed: the seed of :func:`sample_seed`.
         store: a :class:`~.store.LogitStore` to read the teacher's records from.
+        skip_bad: a record that fails its check gives ``valid`` False (and a harmless target)
+            instead of raising :class:`StoreError`.
     """
 
-    def __init__(self, base: Dataset, aug: AugConfig, base_seed: int, store=None):
+    def __init__(self, base: Dataset, aug: AugConfig, base_seed: int, store=None,
+                 skip_bad: bool = False):
         self.base = base
         self.aug = aug
         self.base_seed = int(base_seed)
         self.store = store
+        self.skip_bad = skip_bad
         self.transform = build_train_transform(aug)
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        epoch, index = (int(k) for k in key)
-        seed = sample_seed(self.base_seed, epoch, index)
-        item = {}
-        if self.store is not None:
-            rec = self.store.read(epoch, index)
-            if rec.seed != seed:
+    def __getitem__(self, key: tuple[int, ...]) -> dict:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[tuple[int, ...]]) -> list[dict]:
+        """Keys are (epoch, index) or (epoch, index, position in the epoch's order)."""
+        positions = [int(k[2]) for k in keys] if all(len(k) > 2 for k in keys) else None
+        keys = [(int(k[0]), int(k[1])) for k in keys]
+        items = (self._records(keys, positions) if self.store is not None
+                 else [{} for _ in keys])
+        for item, (epoch, index) in zip(items, keys):
+            seed = sample_seed(self.base_seed, epoch, index)
+            img, label = self.base[index]
+            with rng_scope(seed):
+                item["image"] = self.transform(img)
+            item.update(label=int(label), index=index, epoch=epoch, seed=seed)
+        return items
+
+    def _records(self, keys: list[tuple[int, int]], positions: list[int] | None) -> list[dict]:
+        store, out = self.store, []
+        if len(keys) == 1 and positions is None:
+            rec, ok = store.read_record(*keys[0])
+            found = [(rec.seed, rec.indices, rec.values, ok)]
+        else:
+            found = []
+            for epoch in sorted({e for e, _ in keys}):
+                picked = [j for j, (e, _) in enumerate(keys) if e == epoch]
+                batch = store.read_many(epoch, [keys[j][1] for j in picked],
+                                        None if positions is None else
+                                        [positions[j] for j in picked])
+                found += [(j, (int(batch.seeds[r]), batch.indices[r], batch.values[r],
+                               bool(batch.ok[r]))) for r, j in enumerate(picked)]
+            found = [f for _, f in sorted(found, key=lambda t: t[0])]
+        for (epoch, index), (seed, indices, values, ok) in zip(keys, found):
+            if not ok:
+                if not self.skip_bad:
+                    raise StoreError(store.bad_record_message(epoch, index))
+                indices = np.arange(store.topk)
+                values = np.zeros(store.topk, dtype=np.float32)
+            elif seed != sample_seed(self.base_seed, epoch, index):
                 raise StoreError(
-                    f"record {index} of epoch {epoch} in {self.store.root!r} has seed {rec.seed}, "
-                    f"expected {seed} from base seed {self.base_seed}: the store was written with "
-                    "another seed scheme; rewrite it with this version of save-logits")
-            item["topk_indices"] = torch.from_numpy(rec.indices)
-            item["topk_values"] = torch.from_numpy(rec.values)
-        img, label = self.base[index]
-        with rng_scope(seed):
-            item["image"] = self.transform(img)
-        item.update(label=int(label), index=index, epoch=epoch, seed=seed)
-        return item
+                    f"record {index} of epoch {epoch} in {store.root!r} has seed {seed}, "
+                    f"expected {sample_seed(self.base_seed, epoch, index)} from base seed "
+                    f"{self.base_seed}: the store was written with another seed scheme; rewrite "
+                    "it with this version of save-logits")
+            out.append(dict(topk_indices=torch.from_numpy(np.array(indices, dtype=np.int64)),
+                            topk_values=torch.from_numpy(np.array(values, dtype=np.float32)),
+                            valid=bool(ok)))
+        return out
 
 
 class PairCollate:
@@ -296,9 +334,18 @@ class PairCollate:
 
 
 def replay_loader(dataset: ReplayDataset, epoch: int, batches: Sequence[np.ndarray],
-                  workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over the given batches of ``epoch`` (each a sequence of sample indices)."""
-    batch_keys = [[(epoch, int(i)) for i in batch] for batch in batches]
+                  workers: int = 0, pin_memory: bool = False,
+                  starts: Sequence[int] | None = None) -> torch.utils.data.DataLoader:
+    """A DataLoader over the given batches of ``epoch`` (each a sequence of sample indices).
+
+    ``starts[b]``: where batch ``b`` begins in the epoch's order, for batches that are runs of
+    it (:func:`epoch_batches`); the keys then carry each sample's position, so the workers read
+    the store without building the epoch's order table."""
+    if starts is None:
+        batch_keys = [[(epoch, int(i)) for i in batch] for batch in batches]
+    else:
+        batch_keys = [[(epoch, int(i), s + j) for j, i in enumerate(batch)]
+                      for batch, s in zip(batches, starts)]
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batch_keys, num_workers=workers, collate_fn=PairCollate(dataset.aug),
         pin_memory=pin_memory, persistent_workers=False)

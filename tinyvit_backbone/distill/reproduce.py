@@ -3,15 +3,18 @@
 Stages (each resumable; finished ones are skipped on a rerun unless ``fresh``):
 
 1. teacher  — a timm ResNet trained on the digits' labels (``teacher/teacher.pth``);
-2. store    — its top-K probabilities on every augmented epoch (``store/``);
+2. store    — its top-K probabilities on every augmented epoch (``store/``; one store per
+   value format: ``store_log8/`` for the 8-bit format);
 3. students — the same TinyViT, same init seed, same pixels, trained
    a. from the store (fast distillation: no teacher, no labels)      ``student_store/``
+      (``student_store_log8/`` from the 8-bit store)
    b. on labels alone (mixed one-hot, label smoothing)               ``student_labels/``
    c. with the teacher online (its full softmax each step), optional ``student_online/``
 
 ``results.json`` holds the test accuracies and every setting. Stored and online distillation
 see the same pixels, and, with the same batch size, the teacher sees the same batches in both,
-so their targets differ only by the top-K truncation and the float16 rounding of the store.
+so their targets differ only by the top-K truncation and the rounding of the store's value
+format; two value formats with the same seeds differ by their rounding alone.
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ SCALES: dict[str, dict] = {
     # ~2.5 minutes on 2 CPU cores for the three default stages.
     "demo": dict(teacher_epochs=3, epochs=8, batch_size=64, topk=5, lr=2e-3, teacher_lr=3e-3,
                  eval_every=8),
-    # The issue's mini reproduction: a few minutes per student.
+    # The reproduction the README reports: a few minutes per student.
     "repro": dict(teacher_epochs=6, epochs=30, batch_size=64, topk=5, lr=2e-3, teacher_lr=3e-3,
                   eval_every=5),
     # For tests: seconds.
@@ -60,7 +63,8 @@ SCALES: dict[str, dict] = {
 
 def run_pipeline(out_dir: str, student_arch: str | dict = None, *, image_size: int = 32,
                  scale: str = "demo", with_online: bool = False, device: str | None = None,
-                 fresh: bool = False, seed: int = 0, workers: int = 0, progress: bool = True,
+                 fresh: bool = False, seed: int = 0, workers: int = 0,
+                 progress: bool | None = True, value_formats: tuple[str, ...] = ("fp16",),
                  log: Callable[[str], None] = print) -> dict:
     """Teacher -> store -> distilled / label-trained (/ online-distilled) students on digits.
 
@@ -69,19 +73,25 @@ def run_pipeline(out_dir: str, student_arch: str | dict = None, *, image_size: i
         student_arch: TinyViT arch ('5m' / '11m' / '21m', a dict, or a JSON path); default
             :data:`DEMO_ARCH`.
         image_size: training / test resolution (the digit scans are upscaled to it).
-        scale: 'demo' (~2.5 min on 2 cores), 'repro' (the issue's reproduction) or 'smoke'.
+        scale: 'demo' (~2.5 min on 2 cores), 'repro' (30 epochs, the README's figures) or
+            'smoke'.
         with_online: also train the student with the teacher online.
         device: 'auto' / 'cpu' / 'cuda' (None = auto).
         fresh: recompute every stage even when its outputs exist.
+        value_formats: one store and one store-trained student per store value format; the
+            first is the ``store`` entry of the results.
 
-    Returns a dict: ``accuracy`` (test top-1 %, keys teacher / store / labels [/ online]),
-    ``weights`` (paths of ``student.pth`` per student, plus the teacher), ``seconds`` per stage,
-    ``settings``; it is also written to ``out_dir/results.json``.
+    Returns a dict: ``accuracy`` (test top-1 %, keys teacher / store / labels [/ online], plus
+    ``store_<format>`` for each further value format), ``weights`` (paths of ``student.pth``
+    per student, plus the teacher), ``stores`` (path, record bytes per value format),
+    ``seconds`` per stage, ``settings``; it is also written to ``out_dir/results.json``.
     """
     from ..backbone import build_timm_tinyvit
 
     if scale not in SCALES:
         raise DistillError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
+    if not value_formats or len(set(value_formats)) != len(value_formats):
+        raise DistillError(f"value formats must be distinct and at least one, got {value_formats}")
     cfg = SCALES[scale]
     student_arch = DEMO_ARCH if student_arch is None else student_arch
     dev = select_device(device)
@@ -114,19 +124,23 @@ def run_pipeline(out_dir: str, student_arch: str | dict = None, *, image_size: i
     weights["teacher"], accuracy["teacher"] = res["weights"], res["val_top1"]
     seconds["teacher"] = round(time.time() - tic, 1)
 
-    # 2. store
+    # 2. stores, one per value format
     tic = time.time()
     log(f"[mini-repro] 2/4 store: top-{cfg['topk']} teacher probabilities for "
-        f"{cfg['epochs']} augmented epochs")
+        f"{cfg['epochs']} augmented epochs ({', '.join(value_formats)})")
     teacher, teacher_info = load_teacher(TEACHER_MODEL, weights["teacher"], info.num_classes,
                                          data_mean=aug.mean, data_std=aug.std)
-    store_dir = os.path.join(out_dir, "store")
-    save = SaveSettings(topk=cfg["topk"], epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                        seed=seed)
-    summary = save_logits(store_dir, teacher, teacher_info, train_set, info, aug, save,
-                          device=dev, amp_dtype=amp, workers=workers, progress=progress, log=log)
+    stores = {}
+    for fmt in value_formats:
+        store_dir = os.path.join(out_dir, "store" + _suffix(fmt))
+        save = SaveSettings(topk=cfg["topk"], epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                            seed=seed, value_format=fmt)
+        summary = save_logits(store_dir, teacher, teacher_info, train_set, info, aug, save,
+                              device=dev, amp_dtype=amp, workers=workers, progress=progress,
+                              log=log)
+        stores[fmt] = dict(path=os.path.abspath(store_dir), record_bytes=summary["record_bytes"],
+                           teacher_top1_on_augmented=summary["teacher_top1_on_augmented"])
     seconds["save_logits"] = round(time.time() - tic, 1)
-    store = LogitStore.open(store_dir)
 
     def student():
         return build_timm_tinyvit(student_arch, info.num_classes)
@@ -134,18 +148,23 @@ def run_pipeline(out_dir: str, student_arch: str | dict = None, *, image_size: i
     student_settings = dict(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                             seed=seed, eval_every=cfg["eval_every"])
     extra = dict(arch=student_arch)
-    runs = [("store", dict(store=store)), ("labels", {})]
+    runs = [("store" + ("" if k == 0 else "_" + fmt), "store" + _suffix(fmt),
+             dict(store=LogitStore.open(stores[fmt]["path"])))
+            for k, fmt in enumerate(value_formats)]
+    runs.append(("labels", "labels", {}))
     if with_online:
-        runs.append(("online", dict(teacher=teacher)))
-    for k, (mode, kwargs) in enumerate(runs):
+        runs.append(("online", "online", dict(teacher=teacher)))
+    for key, name, kwargs in runs:
         tic = time.time()
-        log(f"[mini-repro] {3 + min(k, 1)}/4 student from {mode} ({cfg['epochs']} epochs)")
+        mode = "store" if "store" in kwargs else name
+        log(f"[mini-repro] {4 if mode != 'store' else 3}/4 student from {name} "
+            f"({cfg['epochs']} epochs)")
         res = train_classifier(student, train_set, info, aug,
                                TrainSettings(mode=mode, **student_settings),
-                               os.path.join(out_dir, f"student_{mode}"),
+                               os.path.join(out_dir, f"student_{name}"),
                                num_classes=info.num_classes, extra=extra, **kwargs, **common)
-        weights[mode], accuracy[mode] = res["weights"], res["val_top1"]
-        seconds[mode] = round(time.time() - tic, 1)
+        weights[key], accuracy[key] = res["weights"], res["val_top1"]
+        seconds[key] = round(time.time() - tic, 1)
 
     init_path = os.path.join(out_dir, "student_init.pth")
     if not os.path.exists(init_path):
@@ -153,9 +172,9 @@ def run_pipeline(out_dir: str, student_arch: str | dict = None, *, image_size: i
         atomic_torch_save(init_path, student().state_dict())
     weights["init"] = os.path.abspath(init_path)
     result = dict(accuracy=accuracy, weights=weights, seconds=seconds,
-                  store=dict(path=os.path.abspath(store_dir), record_bytes=summary["record_bytes"],
-                             teacher_top1_on_augmented=summary["teacher_top1_on_augmented"]),
+                  store=stores[value_formats[0]], stores=stores,
                   settings=dict(scale=scale, **cfg, image_size=image_size, seed=seed,
+                                value_formats=list(value_formats),
                                 student_arch=student_arch, teacher=TEACHER_MODEL,
                                 aug=aug.to_dict(), device=str(dev),
                                 amp=str(amp) if amp else None,
@@ -163,6 +182,11 @@ def run_pipeline(out_dir: str, student_arch: str | dict = None, *, image_size: i
     atomic_write_json(os.path.join(out_dir, "results.json"), result)
     log("[mini-repro] test top-1: " + json.dumps({k: round(v, 2) for k, v in accuracy.items()}))
     return result
+
+
+def _suffix(value_format: str) -> str:
+    """Folder suffix of a value format's store and student (none for the default fp16)."""
+    return "" if value_format == "fp16" else "_" + value_format
 
 
 __all__ = ["DEMO_ARCH", "SCALES", "run_pipeline"]

@@ -2,11 +2,13 @@
 
 Rebuilding (as the official code does): the K stored probabilities go to their classes; every
 other class gets an equal share of the remaining mass, ``(1 - sum(top-K)) / (C - K)``. With K = C
-there is nothing left to share. Because float16 rounding can make ``sum(top-K)`` exceed 1 by a
-few 1e-4, the share is clamped at 0 so the target never holds a negative "probability".
+there is nothing left to share. Because the stored rounding (float16, or log8's 8-bit codes) can
+make ``sum(top-K)`` exceed 1 a little, the share is clamped at 0 so the target never holds a
+negative "probability".
 
 The loss is soft-target cross-entropy, ``mean_b sum_c -t[b, c] * log_softmax(z)[b, c]``, with no
-temperature and no ground-truth term (timm's ``SoftTargetCrossEntropy``).
+temperature and no ground-truth term (timm's ``SoftTargetCrossEntropy``); samples can be left out
+of the mean with a 0/1 weight (bad records skipped on request).
 """
 from __future__ import annotations
 
@@ -15,14 +17,15 @@ from timm.loss import SoftTargetCrossEntropy
 
 
 def sparsify(logits: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher logits (B, C) -> top-K (indices (B, K) int64, probabilities (B, K) float16).
+    """Teacher logits (B, C) -> top-K (indices (B, K) int64, probabilities (B, K) float32).
 
-    The softmax is taken in float32 whatever the logits' dtype (AMP), then rounded to float16,
-    the stored precision; indices are sorted by decreasing probability.
+    The softmax is taken in float32 whatever the logits' dtype (AMP); indices are sorted by
+    decreasing probability. The store's value format rounds the probabilities
+    (:meth:`~.record.RecordFormat.roundtrip` gives what it keeps).
     """
     probs = torch.softmax(logits.float(), dim=-1)
     values, indices = probs.topk(topk, dim=-1, largest=True, sorted=True)
-    return indices, values.to(torch.float16)
+    return indices, values
 
 
 def rebuild_soft_labels(indices: torch.Tensor, values: torch.Tensor,
@@ -43,9 +46,17 @@ def rebuild_soft_labels(indices: torch.Tensor, values: torch.Tensor,
 _soft_ce = SoftTargetCrossEntropy()
 
 
-def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of ``sum_c -target * log_softmax(logits)`` (logits in float32)."""
-    return _soft_ce(logits.float(), target)
+def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of ``sum_c -target * log_softmax(logits)`` (logits in float32).
+
+    ``weight`` (B,) of 0 / 1 averages over the samples with weight 1 only (0 when there are none,
+    so every process still takes its step)."""
+    if weight is None:
+        return _soft_ce(logits.float(), target)
+    per_sample = torch.sum(-target * torch.log_softmax(logits.float(), dim=-1), dim=-1)
+    weight = weight.to(per_sample)
+    return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 __all__ = ["rebuild_soft_labels", "soft_target_cross_entropy", "sparsify"]
