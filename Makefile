@@ -27,3 +27,7 @@ bench-quick: env
 
 lint: env
 	$(PY) -m ruff check .
+
+# Every GPU path in one run (at most 8 minutes on one GPU): results/gpu_check/report.json.
+gpu-check: env
+	$(PY) tools/gpu_check.py $(GPU_CHECK_ARGS)

@@ -196,9 +196,15 @@ def nvcc_release(nvcc: Path) -> str | None:
     return m[1] if m else None
 
 
+def standard_locations(torch_cuda: str) -> list[str]:
+    """Where CUDA installers put toolkits on Linux, the one of torch's version first."""
+    return [f"/usr/local/cuda-{torch_cuda}", "/usr/local/cuda", "/opt/cuda"]
+
+
 def find_toolkit(torch_cuda: str, env: Mapping[str, str],
                  which: Callable[[str], str | None] = shutil.which,
-                 release: Callable[[Path], str | None] = nvcc_release) -> Toolkit | None:
+                 release: Callable[[Path], str | None] = nvcc_release,
+                 locations: Sequence[str] | None = None) -> Toolkit | None:
     """The CUDA toolkit whose nvcc has torch's CUDA major.minor: ``CUDA_HOME`` (or
     ``CUDA_PATH``) alone when set, else the standard locations, else nvcc on ``PATH``.
     None when there is no toolkit at all (the caller then installs pip's nvcc wheels); a
@@ -207,8 +213,8 @@ def find_toolkit(torch_cuda: str, env: Mapping[str, str],
     if explicit:
         candidates = [(Path(explicit), "CUDA_HOME")]
     else:
-        candidates = [(Path(d), d) for d in (f"/usr/local/cuda-{torch_cuda}", "/usr/local/cuda",
-                                             "/opt/cuda")]
+        locations = standard_locations(torch_cuda) if locations is None else locations
+        candidates = [(Path(d), d) for d in locations]
         on_path = which("nvcc")
         if on_path:
             candidates.append((Path(on_path).resolve().parent.parent, "nvcc on PATH"))
@@ -373,7 +379,7 @@ def build_cuda_wheel(plan: OpsPlan, cache: Path, constraints: Path) -> Path:
                          "ship them), or use a full CUDA toolkit")
     cores, mem = machine_cores_and_memory()
     jobs = int(os.environ.get("MAX_JOBS") or choose_max_jobs(cores, mem, cuda=True))
-    _log(f"building mmcv {MMCV_VERSION} with CUDA ops ({plan.reason}): nvcc {toolkit.version} "
+    _log(f"building mmcv {MMCV_VERSION} with CUDA ops ({plan.key}): nvcc {toolkit.version} "
          f"from {toolkit.home} ({toolkit.source}), TORCH_CUDA_ARCH_LIST={plan.arch_list}, "
          f"MAX_JOBS={jobs}" + (f", {', '.join(missing)} from {headers}" if headers else ""))
 
