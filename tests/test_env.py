@@ -185,8 +185,8 @@ def test_max_jobs_by_cores_and_memory():
     gib = 2**30
     assert mb.choose_max_jobs(2, 22 * gib, cuda=False) == 2  # this project's machines, as before
     assert mb.choose_max_jobs(2, 22 * gib, cuda=True) == 2
-    assert mb.choose_max_jobs(16, 8 * gib, cuda=True) == 3  # memory-bound
-    assert mb.choose_max_jobs(16, 8 * gib, cuda=False) == 8
+    assert mb.choose_max_jobs(16, 8 * gib, cuda=True) == 2  # memory-bound
+    assert mb.choose_max_jobs(16, 8 * gib, cuda=False) == 5
     assert mb.choose_max_jobs(8, gib // 2, cuda=True) == 1  # never zero
 
 

@@ -43,10 +43,10 @@ PATCH = Path(__file__).resolve().parent / "patches" / f"mmcv-{MMCV_VERSION}-cxx2
 DEFAULT_ARCHS = ("8.0", "9.0+PTX")
 _ARCH = re.compile(r"^(\d+)\.(\d)(a?)(\+PTX)?$")
 
-# Peak resident memory of one compiler process on mmcv's units (measured on this project's
-# build: g++ under 1 GiB, nvcc's cicc on the largest .cu files about 2 GiB); MAX_JOBS keeps the
-# sum of them inside the memory that is free.
-JOB_MEMORY_GIB = {"cpu": 1.0, "cuda": 2.5}
+# Memory one parallel compile job may take on mmcv's units, with headroom over the peaks
+# measured on this project's CUDA build (cc1plus 0.9 GiB, nvcc's cicc 3.2 GiB); MAX_JOBS keeps
+# the sum inside the memory that is free.
+JOB_MEMORY_GIB = {"cpu": 1.5, "cuda": 4.0}
 
 # The CUDA headers torch's own headers include (ATen/cuda/CUDAContext.h and friends); a toolkit
 # assembled from nvcc alone lacks them, the nvidia-* wheels torch depends on ship them.
