@@ -140,6 +140,7 @@ class Sizes:
     det_scale: tuple = (1333, 800)        # (w, h), mmdet's order
     det_batch: int = 2
     det_arch: str | None = None           # None: the configs' own TinyViT-21M
+    coco_budgets: bool = True             # the configs' proposal / RoI sampling budgets
     cascade_iters: int = 30
     warmup_iters: int = 3
     train_iters: int = 20
@@ -168,7 +169,7 @@ class Sizes:
         return cls(arch=tiny_arch, backbone_batch=4, backbone_size=64, backbone_steps=1,
                    fast_inputs=((2, 32, 32), (1, 32, 48)), fast_timing_batch=2, timing_rounds=1,
                    det_scale=(128, 96), det_batch=1,
-                   det_arch="5m", cascade_iters=1, warmup_iters=1, train_iters=1,
+                   det_arch="5m", coco_budgets=False, cascade_iters=1, warmup_iters=1, train_iters=1,
                    mask_rcnn_size=96, upernet_size=64, distill_arch=None, distill_size=32,
                    probe_arch=tiny_arch, probe_size=32, probe_batch=64,
                    cls_models=("tiny_vit_5m_224", "swin_tiny_patch4_window7_224"),
@@ -204,11 +205,11 @@ def scenes(root: Path) -> str:
 
 
 def detector_config(config: str, data_root: str, *, iters: int, scale: tuple, batch: int,
-                    work_dir: str, amp: bool, arch=None):
+                    work_dir: str, amp: bool, arch=None, coco_budgets: bool = True):
     """``config`` under the embedded-scenes overlay, then put back what a cost measurement at
     COCO scale needs: the config's own proposal / sampling budgets (the overlay shrinks them
     for a handful of objects), an exact ``scale`` resize, and AMP. AMP is float16: mmcv 2.1's
-    CUDA RoIAlign and nms dispatch float, double and half only."""
+    CUDA RoIAlign dispatches float, double and half only."""
     from mmengine.config import Config
 
     import tinyvit_backbone  # noqa: F401  (registers TinyViT)
@@ -217,7 +218,8 @@ def detector_config(config: str, data_root: str, *, iters: int, scale: tuple, ba
     original = Config.fromfile(str(ROOT / config))
     cfg = apply_overlay(original, data_root, iters=iters, batch_size=batch, work_dir=work_dir,
                         arch=arch)
-    cfg.model.train_cfg = copy.deepcopy(original.model.train_cfg)
+    if coco_budgets:
+        cfg.model.train_cfg = copy.deepcopy(original.model.train_cfg)
     for step in cfg.train_dataloader.dataset.pipeline:
         if step["type"] == "Resize":
             step.update(scale=tuple(scale), keep_ratio=False)
@@ -501,7 +503,7 @@ def detector_iterations(ctx: Context, config: str, data_root: str, arch=None) ->
     with tempfile.TemporaryDirectory(dir=ctx.scratch) as work_dir:
         cfg = detector_config(config, data_root, iters=s.cascade_iters, scale=s.det_scale,
                               batch=s.det_batch, work_dir=work_dir, amp=ctx.gpu.mmengine_amp,
-                              arch=arch)
+                              arch=arch, coco_budgets=s.coco_budgets)
         result = _timed_train_steps(Runner.from_cfg(cfg), cfg, ctx.gpu, s)
     ctx.gpu.release()
     return result
@@ -519,7 +521,7 @@ def _timed_train_steps(runner, cfg, gpu: Gpu, s: Sizes) -> dict:
     for data in batches[s.warmup_iters:]:
         times.append(seconds_of(lambda d=data: logs.append(model.train_step(d, wrapper)), gpu))
     peak = gpu.peak_memory_mib()
-    total = [float(log["loss"]) for log in logs]  # mmengine's sum of every loss term
+    total = [float(torch.as_tensor(log["loss"]).detach()) for log in logs]  # sum of all terms
     return dict(s_per_iter=statistics.median(times), mean_s_per_iter=statistics.fmean(times),
                 peak_mib=peak, iters=len(times), first_loss=total[0], last_loss=total[-1],
                 finite=all(math.isfinite(v) for v in total),

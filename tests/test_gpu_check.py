@@ -214,3 +214,24 @@ def test_every_section_runs_on_the_stand_in(tmp_path):
     distill = s["distill"]
     assert distill["store_img_s"] > 0 and distill["labels_img_s"] > 0
     assert distill["save_logits_img_s"] > 0 and set(distill["accuracy"]) == {"teacher", "store", "labels"}
+
+
+def test_detector_config_restores_coco_budgets_size_and_amp(tmp_path):
+    from mmengine.config import Config
+
+    root = gpu_check.scenes(tmp_path / "scenes")
+    path = "det_configs/cascade_tinyvit21m.py"
+    cfg = gpu_check.detector_config(path, root, iters=30, scale=(1333, 800), batch=2,
+                                    work_dir=str(tmp_path / "w"), amp=True)
+    original = Config.fromfile(str(ROOT / path))
+    assert cfg.model.train_cfg.rpn_proposal == original.model.train_cfg.rpn_proposal
+    assert [s["num"] for s in (st["sampler"] for st in cfg.model.train_cfg.rcnn)] == [512] * 3
+    resize = [s for s in cfg.train_dataloader.dataset.pipeline if s["type"] == "Resize"]
+    assert resize == [dict(type="Resize", scale=(1333, 800), keep_ratio=False)]
+    assert cfg.train_dataloader.batch_size == 2 and cfg.train_cfg.max_iters == 30
+    assert cfg.optim_wrapper.type == "AmpOptimWrapper" and cfg.optim_wrapper.dtype == "float16"
+    assert cfg.model.roi_head.bbox_head[0].num_classes == 4  # still the scenes' classes
+    small = gpu_check.detector_config(path, root, iters=1, scale=(128, 96), batch=1,
+                                      work_dir=str(tmp_path / "w"), amp=False, coco_budgets=False)
+    assert small.model.train_cfg.rpn_proposal.max_per_img <= 200  # the overlay's budgets
+    assert small.optim_wrapper.type == "OptimWrapper"
