@@ -88,11 +88,11 @@ log "installing torch (pinned by tools/constraints.txt)"
 "${PIP[@]}" install "${C[@]}" 'setuptools<81' wheel ninja 'numpy<2'
 
 MARKER="$TARGET/.tinyvit-mmcv-ops"
-INSTALLED=$("$PY" tools/mmcv_build.py installed --marker "$MARKER")
+INSTALLED=$("$PY" tools/mmcv_build.py installed --marker "$MARKER" 2>/dev/null)
 if [ "$INSTALLED" != "$OPS" ]; then
   "$PY" tools/mmcv_build.py check-torch --ops "$OPS"
   REINSTALL=()
-  if [ "$INSTALLED" != none ]; then
+  if "$PY" -m pip show -q mmcv >/dev/null 2>&1; then
     log "replacing the installed mmcv ($INSTALLED ops) by a $OPS build"
     REINSTALL=(--force-reinstall --no-deps)
   fi
@@ -106,14 +106,8 @@ if [ "$INSTALLED" != "$OPS" ]; then
   else
     WHEEL=$(PATH="$TARGET/bin:$PATH" "$PY" tools/mmcv_build.py cuda-wheel --ops "$OPS" \
       --cache "$WHEEL_CACHE" --constraints "$ROOT/tools/constraints.txt")
-    "${PIP[@]}" install "${C[@]}" --no-deps --force-reinstall "$WHEEL"
+    "${PIP[@]}" install "${C[@]}" "${REINSTALL[@]}" "$WHEEL"
     echo "$OPS" > "$MARKER.tmp" && mv "$MARKER.tmp" "$MARKER"
-  fi
-  INSTALLED=$("$PY" tools/mmcv_build.py installed --marker "$MARKER")
-  if [ "$INSTALLED" != "$OPS" ]; then
-    log "error: the mmcv just installed has $INSTALLED ops, not $OPS: pip's wheel cache holds an" \
-        "mmcv 2.1.0 built elsewhere; run '$PY -m pip cache remove mmcv' and rerun $0"
-    exit 1
   fi
 fi
 
@@ -121,6 +115,17 @@ log "installing openmim without opendatalab (see the header of this script)"
 "${PIP[@]}" install "${C[@]}" --no-deps openmim==0.3.9
 log "installing the project (editable) with its test, mim and onnx extras"
 "${PIP[@]}" install "${C[@]}" --no-build-isolation -e '.[test,mim,onnx]'
+
+# after the project's install, which brings any dependency a --no-deps mmcv swap left out
+INSTALLED=$("$PY" tools/mmcv_build.py installed --marker "$MARKER")
+if [ "$INSTALLED" = none ]; then
+  log "error: mmcv 2.1.0 was installed but does not import (the reason is above)"
+  exit 1
+elif [ "$INSTALLED" != "$OPS" ]; then
+  log "error: the mmcv installed has $INSTALLED ops, not $OPS: pip's wheel cache holds an mmcv" \
+      "2.1.0 built elsewhere; run '$PY -m pip cache remove mmcv' and rerun $0"
+  exit 1
+fi
 
 log "proving the environment"
 "$PY" tools/check_env.py --ops "$OPS"

@@ -417,7 +417,12 @@ def installed_ops_key(marker: Path) -> str:
     try:
         import mmcv
         from mmcv.ops import get_compiling_cuda_version
-    except Exception:  # any import failure means: build it again
+    except ModuleNotFoundError as err:
+        if err.name != "mmcv":
+            print(f"mmcv does not import: {err}", file=sys.stderr)
+        return "none"
+    except Exception as err:  # a broken build or a missing library: build it again
+        print(f"mmcv does not import: {type(err).__name__}: {err}", file=sys.stderr)
         return "none"
     if mmcv.__version__ != MMCV_VERSION:
         return "none"
