@@ -146,6 +146,7 @@ class Sizes:
     train_iters: int = 20
     mask_rcnn_size: int = 800
     upernet_size: int = 512
+    seg_batch: int = 2                    # UperNet's pooling branch needs 2+ images for BatchNorm
     distill_arch: str | dict | None = "21m"
     distill_size: int = 224
     probe_arch: str | dict = "21m"
@@ -169,7 +170,7 @@ class Sizes:
         return cls(arch=tiny_arch, backbone_batch=4, backbone_size=64, backbone_steps=1,
                    fast_inputs=((2, 32, 32), (1, 32, 48)), fast_timing_batch=2, timing_rounds=1,
                    det_scale=(128, 96), det_batch=1,
-                   det_arch="5m", coco_budgets=False, cascade_iters=1, warmup_iters=1, train_iters=1,
+                   det_arch="5m", coco_budgets=False, cascade_iters=1, warmup_iters=0, train_iters=1,
                    mask_rcnn_size=96, upernet_size=64, distill_arch=None, distill_size=32,
                    probe_arch=tiny_arch, probe_size=32, probe_batch=64,
                    cls_models=("tiny_vit_5m_224", "swin_tiny_patch4_window7_224"),
@@ -546,14 +547,14 @@ def _scalars(work_dir: str) -> list[dict]:
             for line in open(path)]
 
 
-def training_run(ctx: Context, config: str, size: int, arch=None) -> dict:
+def training_run(ctx: Context, config: str, size: int, batch: int, arch=None) -> dict:
     """``tools/train.py CONFIG --embedded --amp`` for ``train_iters`` iterations; the figures
     come from the run's own scalars (mmengine's ``time`` per iteration, ``memory`` in MiB)."""
     s = ctx.sizes
     root = scenes(ctx.scratch / "scenes")
     with tempfile.TemporaryDirectory(dir=ctx.scratch) as work_dir:
         start = time.perf_counter()
-        out = train_cli(config, root, work_dir, iters=s.train_iters, size=size, batch=s.det_batch,
+        out = train_cli(config, root, work_dir, iters=s.train_iters, size=size, batch=batch,
                         amp=ctx.gpu.mmengine_amp, arch=arch)
         wall = time.perf_counter() - start
         if out.returncode != 0:
@@ -571,7 +572,7 @@ def training_run(ctx: Context, config: str, size: int, arch=None) -> dict:
         problems.append("no checkpoint written")
     memory = [line["memory"] for line in train if "memory" in line]
     return dict(problems=problems, config=config, iters=s.train_iters, image_size=size,
-                batch=s.det_batch, amp="float16" if ctx.gpu.mmengine_amp else None, wall_s=wall,
+                batch=batch, amp="float16" if ctx.gpu.mmengine_amp else None, wall_s=wall,
                 s_per_iter=statistics.median(line["time"] for line in train if "time" in line)
                 if train else None,
                 first_loss=train[0]["loss"] if train else None,
@@ -583,13 +584,15 @@ def training_run(ctx: Context, config: str, size: int, arch=None) -> dict:
 
 
 def check_mask_rcnn(ctx: Context) -> dict:
-    return training_run(ctx, "det_configs/mask_rcnn_tinyvit21m_1x.py", ctx.sizes.mask_rcnn_size,
-                        arch=ctx.sizes.det_arch)
+    s = ctx.sizes
+    return training_run(ctx, "det_configs/mask_rcnn_tinyvit21m_1x.py", s.mask_rcnn_size,
+                        s.det_batch, arch=s.det_arch)
 
 
 def check_upernet(ctx: Context) -> dict:
+    s = ctx.sizes
     return training_run(ctx, "seg_configs/upernet_tinyvit21m_8xb2_160k_ade20k_512x512.py",
-                        ctx.sizes.upernet_size, arch=ctx.sizes.det_arch)
+                        s.upernet_size, s.seg_batch, arch=s.det_arch)
 
 
 def check_distill(ctx: Context) -> dict:
@@ -724,7 +727,7 @@ def run_check(gpu: Gpu, sizes: Sizes, out: Path, *, only: Iterable[str] | None =
                   sections={name: dict(title=sections[name][0], status="pending")
                             for name in chosen})
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, report)
+    atomic_write_json(out, _jsonable(report))
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch:
         ctx = Context(gpu, sizes, Path(scratch), log)
         for name in chosen:
@@ -751,17 +754,19 @@ def run_check(gpu: Gpu, sizes: Sizes, out: Path, *, only: Iterable[str] | None =
                 + "".join(f"\n[gpu-check]   {p}" for p in entry.get("problems", []))
                 + (f"\n[gpu-check]   {entry['error']}" if "error" in entry else ""))
             report["seconds"] = round(clock() - start, 2)
-            atomic_write_json(out, report)
+            atomic_write_json(out, _jsonable(report))
     report["seconds"] = round(clock() - start, 2)
     report["within_budget"] = report["seconds"] <= budget_s
     report["complete"] = True
     report["ok"] = all(e["status"] == "ok" for e in report["sections"].values())
+    report = _jsonable(report)
     atomic_write_json(out, report)
     return report
 
 
 def _jsonable(obj):
-    """Floats rounded to 6 significant digits, NaN / inf as strings (strict JSON)."""
+    """Floats rounded to 6 significant digits, NaN / inf as strings (strict JSON); tuples as
+    lists, as they read back."""
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

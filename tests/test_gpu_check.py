@@ -200,7 +200,7 @@ def test_classification_section(tmp_path):
 
 @pytest.mark.slow
 def test_every_section_runs_on_the_stand_in(tmp_path):
-    report, _ = _run(tmp_path)
+    report, _ = _run(tmp_path, budget_s=float("inf"))  # the 8 minutes are a GPU's
     assert list(report["sections"]) == list(gpu_check.SECTIONS)
     bad = {k: v for k, v in report["sections"].items() if v["status"] != "ok"}
     assert not bad, json.dumps(bad, indent=1)[:4000]
