@@ -27,7 +27,8 @@
 #     pip's), patches the sdist's setup.py to C++20 for g++ and nvcc
 #     (tools/patches/mmcv-2.1.0-cxx20.patch), and builds the wheel outside pip's cache, which
 #     keys wheels by sdist alone, into $WHEEL_CACHE under a name that carries CUDA version,
-#     archs, torch, Python and patch.
+#     archs, torch, Python and patch. (The CPU route stays pip's own build of the unpatched
+#     sdist, so the CPU wheel pip has cached keeps serving it.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
