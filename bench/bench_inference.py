@@ -23,7 +23,7 @@ change on the shared machine falls on all of them alike; a runtime's figure is i
 the rounds. ``default vs best peer`` is the median of the per-round ratios to the peer with
 the best median, with their quartiles in ``extra`` (the run's noise). The fraction of peak is
 the model's FLOPs (timm's computation, counted by ``torch.utils.flop_counter`` on the meta
-device, the counter of :mod:`tinyvit_backbone.reporting.complexity`) per second over the
+device, the counter of :mod:`tinyvit_backbone.complexity`) per second over the
 machine's fp32 matmul peak, measured in the same run (best ``torch.mm`` rate at 1024..3072
 squared, before and after the models). Goals: default >= 1.0x the best peer everywhere; >= 80%
 of the peak at 224.

@@ -201,7 +201,7 @@ def fuse(model):
 
 
 def scenes(root: Path) -> str:
-    from tinyvit_backbone.embedded.overlay import ensure_scenes
+    from tinyvit_backbone.embedded.scenes import ensure_scenes
     return ensure_scenes(str(root))
 
 
@@ -214,7 +214,7 @@ def detector_config(config: str, data_root: str, *, iters: int, scale: tuple, ba
     from mmengine.config import Config
 
     import tinyvit_backbone  # noqa: F401  (registers TinyViT)
-    from tinyvit_backbone.embedded.overlay import apply_overlay
+    from tinyvit_backbone.config_overlay import apply_overlay
 
     original = Config.fromfile(str(ROOT / config))
     cfg = apply_overlay(original, data_root, iters=iters, batch_size=batch, work_dir=work_dir,
@@ -271,10 +271,10 @@ def probe_extraction(spec_arch, *, image_size: int, batch_size: int, device: tor
 
 def probe_batches(spec_arch, *, image_size: int, batch_size: int, device: torch.device):
     """The fused extractor and the same preprocessed digits batches, in memory."""
+    from linear_probe.datasets import Preprocessed, eval_transform, get_info, load_split
     from torch.utils.data import DataLoader
 
     from linear_probe.backbones import ModelSpec, build_extractor
-    from linear_probe.datasets import Preprocessed, eval_transform, get_info, load_split
 
     spec = ModelSpec(model="tinyvit", arch=spec_arch)
     info = get_info("digits")

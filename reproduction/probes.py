@@ -30,39 +30,42 @@ import re
 import statistics
 from dataclasses import dataclass, field, replace
 
-TASKS = ("linear_probe", "kshot", "episodes")
-METRICS = ("top1", "mean_per_class", "map11")
-METRIC_SHORT = {"top1": "top-1", "mean_per_class": "mean/class", "map11": "mAP11"}
+from linear_probe.results import DATASET_TITLES, PRETRAININGS, TASKS
 
-# Canonical dataset names, keyed by the name lower-cased with everything but letters and
-# digits removed. Order = display order (ImageNet, Kornblith's 12, cdfsl, then others A-Z).
-_DATASETS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("ImageNet-1k", ("imagenet", "imagenet1k", "in1k", "ilsvrc2012", "imagenet2012")),
-    ("Food-101", ("food101", "food")),
-    ("CIFAR-10", ("cifar10",)),
-    ("CIFAR-100", ("cifar100",)),
-    ("Birdsnap", ("birdsnap",)),
-    ("SUN397", ("sun397", "sun")),
-    ("Stanford Cars", ("stanfordcars", "cars")),
-    ("FGVC Aircraft", ("fgvcaircraft", "aircraft")),
-    ("VOC2007", ("voc2007", "pascalvoc2007", "voc")),
-    ("DTD", ("dtd",)),
-    ("Oxford-IIIT Pets", ("oxfordiiitpets", "oxfordiiitpet", "pets")),
-    ("Caltech-101", ("caltech101",)),
-    ("Flowers-102", ("flowers102", "oxfordflowers102", "flowers")),
-    ("CropDisease", ("cropdisease", "cropdiseases")),
-    ("EuroSAT", ("eurosat",)),
-    ("ISIC2018", ("isic", "isic2018")),
-    ("ChestX", ("chestx", "chestxray", "chestxray8", "chestxray14")),
-    ("Digits", ("digits", "sklearndigits")),  # the project's embedded dataset
-)
-_ALIASES = {alias: name for name, aliases in _DATASETS for alias in aliases}
-_ORDER = {name: i for i, (name, _) in enumerate(_DATASETS)}
+# The headline metrics a record may carry (top-5 is reported beside, never the headline).
+METRICS = ("top1", "mean_per_class", "map11")
+
+# Other spellings of the registry's datasets (titles, older records, other tools' names),
+# lower-cased with everything but letters and digits removed. Display order = the schema's.
+_EXTRA_ALIASES = {
+    "ImageNet-1k": ("imagenet", "in1k", "ilsvrc2012", "imagenet2012"),
+    "Food-101": ("food",),
+    "SUN397": ("sun",),
+    "Stanford Cars": ("cars",),
+    "FGVC Aircraft": ("aircraft",),
+    "VOC2007": ("pascalvoc2007", "voc"),
+    "Oxford-IIIT Pets": ("oxfordiiitpet",),
+    "Flowers-102": ("oxfordflowers102", "flowers"),
+    "CropDisease": ("cropdiseases",),
+    "ISIC2018": ("isic",),
+    "ChestX": ("chestxray", "chestxray8", "chestxray14"),
+    "Digits": ("sklearndigits",),
+}
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+_ALIASES = {_squash(alias): title
+            for name, title in DATASET_TITLES.items()
+            for alias in (name, title, *_EXTRA_ALIASES.get(title, ()))}
+_ORDER = {title: i for i, title in enumerate(DATASET_TITLES.values())}
 
 
 def canonical_dataset(name: str) -> str:
-    key = re.sub(r"[^a-z0-9]", "", name.lower())
-    return _ALIASES.get(key, name)
+    """The title of a registry dataset under any of its spellings; other names unchanged."""
+    return _ALIASES.get(_squash(name), name)
 
 
 def dataset_order(name: str) -> tuple[int, str]:
@@ -99,7 +102,7 @@ def pretraining_of(weights, arch=None) -> str:
     return "unknown"
 
 
-PRETRAINING_KEYS = ("in1k", "in1k-distill", "in21k", "in21k-distill", "random", "unknown")
+PRETRAINING_KEYS = (*PRETRAININGS, "random", "unknown")
 # The protocol of a record written before records named one: the fast variant of its task.
 LEGACY_PROTOCOL = {"linear_probe": "clip-lbfgs", "kshot": "clip-lbfgs", "episodes": "lbfgs-fast"}
 

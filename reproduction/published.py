@@ -22,14 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from linear_probe import recipes, results
+
 TINYVIT_PAPER = "Wu et al. 2022, TinyViT (arXiv 2207.10666)"
 SWIN_PAPER = "Liu et al. 2021, Swin Transformer (arXiv 2103.14030)"
 SWIN_DET_REPO = "Swin-Transformer-Object-Detection model zoo (Liu et al. 2021)"
 
-# Pretraining settings of the paper's transfer rows, in its order.
-PRETRAININGS: tuple[str, ...] = ("in1k", "in1k-distill", "in21k", "in21k-distill")
-PRETRAINING_TEXT = {"in1k": "IN-1k", "in1k-distill": "IN-1k ⚗", "in21k": "IN-21k",
-                    "in21k-distill": "IN-21k ⚗", "random": "random init", "unknown": "—"}
+# Pretraining settings of the paper's transfer rows, in its order (the probes' record schema).
+PRETRAININGS: tuple[str, ...] = results.PRETRAININGS
+PRETRAINING_TEXT = {**results.PRETRAINING_TITLES, "random": "random init", "unknown": "—"}
 
 
 def source(table: str) -> str:
@@ -63,15 +64,17 @@ MODELS: tuple[PublishedArch, ...] = (
 MODELS_SOURCE = source("Table 4")
 
 # ------------------------------------------------------------------------- Table 5 (transfer)
-# Datasets by the names linear_probe records them under, with the paper's column headings.
-TABLE5_LINEAR_DATASETS: tuple[tuple[str, str], ...] = (
-    ("CIFAR-10", "CIFAR-10"), ("CIFAR-100", "CIFAR-100"), ("Flowers-102", "Flowers"),
-    ("Stanford Cars", "Cars"), ("Oxford-IIIT Pets", "Pets"))
-TABLE5_FEWSHOT_DATASETS: tuple[tuple[str, str], ...] = (
-    ("ISIC2018", "ISIC"), ("EuroSAT", "EuroSAT"), ("CropDisease", "CropD"), ("ChestX", "ChestX"))
-CDFSL_SHOTS: tuple[int, ...] = (5, 20, 50)
-CDFSL_WAYS = 5
-CDFSL_EPISODES = 600
+# Datasets by the titles the tables show (linear_probe's DATASET_TITLES), with the paper's
+# column headings; the halves' datasets and cdfsl's episode settings come from the schema.
+TABLE5_LINEAR_DATASETS: tuple[tuple[str, str], ...] = tuple(
+    (results.DATASET_TITLES[name], column)
+    for name, column in zip(results.PAPER_LINEAR.datasets, results.PAPER_LINEAR.columns))
+TABLE5_FEWSHOT_DATASETS: tuple[tuple[str, str], ...] = tuple(
+    (results.DATASET_TITLES[name], column)
+    for name, column in zip(results.PAPER_FEWSHOT.datasets, results.PAPER_FEWSHOT.columns))
+CDFSL_SHOTS: tuple[int, ...] = recipes.CDFSL_SHOTS
+CDFSL_WAYS = recipes.CDFSL_WAYS
+CDFSL_EPISODES = recipes.CDFSL_EPISODES
 TABLE5_SOURCE = source("Table 5")
 
 # pretraining -> dataset -> top-1 (%), "same setting as in MoCo v3"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from linear_probe.results import METRIC_SHORT
 from tinyvit_backbone.complexity import METHOD as COMPLEXITY_METHOD
 from tinyvit_backbone.complexity import classifier_complexity
 from tinyvit_backbone.tabular import Cell, Column, Table, num, text
@@ -18,7 +19,6 @@ from tinyvit_backbone.tabular import Cell, Column, Table, num, text
 from . import published as pub
 from .bench_report import PATHS, BenchReport, machine_text
 from .probes import (
-    METRIC_SHORT,
     ProbeResults,
     Record,
     dataset_order,

@@ -162,6 +162,7 @@ def test_help_does_not_load_the_detection_stacks():
 
 def test_console_script_points_at_main():
     import importlib
+
     import tomllib
 
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:

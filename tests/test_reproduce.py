@@ -71,3 +71,75 @@ def test_train_command_uses_torchrun_for_several_gpus():
     assert cmd[-2:] == ["--launcher", "pytorch"]
     single = train_command("det_configs/cascade_tinyvit21m.py", 1)
     assert single[1].endswith("tools/train.py") and "--launcher" not in single
+
+
+# ----------------------------------------------------------------------------- Table 5
+def _fake_runners(calls):
+    """Stand-ins for linear_probe's two protocols: each checks that reproduce_table5 calls it
+    the way the real function accepts, then appends the record the real one would."""
+    import inspect
+
+    from linear_probe.cdfsl import run_cdfsl
+    from linear_probe.mocov3 import run_mocov3
+    from linear_probe.results import append_jsonl, make_record
+
+    def mocov3(model, dataset, **kw):
+        inspect.signature(run_mocov3).bind(model, dataset, **kw)
+        calls.append(("mocov3", model.pretraining, dataset, kw["recipe"].epochs))
+        append_jsonl(kw["output"], [make_record(
+            task="linear_probe", protocol="mocov3", model=model.display_label(), arch="21m",
+            weights=model.weights, pretraining=model.pretraining, dataset=dataset,
+            metric="top1", metrics={"top1": 91.25}, split_sizes={}, timings={})])
+
+    def cdfsl(model, dataset, ks, **kw):
+        inspect.signature(run_cdfsl).bind(model, dataset, ks, **kw)
+        calls.append(("cdfsl", model.pretraining, dataset, tuple(ks)))
+        append_jsonl(kw["output"], [make_record(
+            task="episodes", protocol="cdfsl", model=model.display_label(), arch="21m",
+            weights=model.weights, pretraining=model.pretraining, dataset=dataset, k=k,
+            n_way=kw["n_way"], episodes=kw["n_episodes"], metric="top1",
+            metrics={"top1": 60.0 + k / 10}, ci95=0.5, split_sizes={}, timings={},
+            freeze_backbone=kw["freeze_backbone"]) for k in ks])
+
+    return mocov3, cdfsl
+
+
+def test_table5_runs_the_rows_it_can_lists_the_rest_and_resumes(tmp_path):
+    """Weights for one row and data for one dataset of each half: exactly those cells run,
+    land beside the published ones, and everything else is listed with what fills it."""
+    from linear_probe.registry import dataset_spec
+    from reproduction.reproduce import reproduce_table5
+
+    data = tmp_path / "data"
+    for name in ("cifar10", "eurosat"):
+        spec = dataset_spec(name)
+        for rel in spec.check:
+            (spec.directory(data) / rel).mkdir(parents=True)
+    weights = tmp_path / "tiny_vit_21m_22k_distill.pth"
+    weights.write_bytes(b"weights")
+    calls = []
+    mocov3, cdfsl = _fake_runners(calls)
+    kw = dict(data_root=str(data), episodes=20, mocov3_epochs=2, run_mocov3=mocov3,
+              run_cdfsl=cdfsl, log=lambda m: None)
+    out = tmp_path / "t5"
+    summary = reproduce_table5({"in21k-distill": str(weights)}, str(out), **kw)
+    assert calls == [("mocov3", "in21k-distill", "cifar10", 2),
+                     ("cdfsl", "in21k-distill", "eurosat", (5, 20, 50))]
+    linear = (out / "table5_linear.md").read_text()
+    ours = next(line for line in linear.splitlines() if line.startswith("| ours"))
+    assert "| IN-21k ⚗ | 91.2" in ours or "| IN-21k ⚗ | 91.3" in ours
+    fewshot = (out / "table5_fewshot.md").read_text()
+    assert "fine-tuned backbone" in fewshot and "| published | IN-1k |" in fewshot
+    missing = "\n".join(summary["missing"])
+    assert "data cifar100" in missing and "data chestx" in missing
+    assert "row IN-1k: no weights" in missing and "tools/reproduce.py table5" in missing
+    assert any("20 episodes, the paper uses 600" in w for w in summary["warnings"])
+
+    calls.clear()
+    again = reproduce_table5({"in21k-distill": str(weights)}, str(out), **kw)
+    assert calls == [] and again["ran"] == [] and again["records"] == summary["records"]
+    # The frozen variant is a different cell: it runs, beside the fine-tuned one.
+    reproduce_table5({"in21k-distill": str(weights)}, str(out), freeze_backbone=True,
+                     linear=False, **kw)
+    assert calls == [("cdfsl", "in21k-distill", "eurosat", (5, 20, 50))]
+    assert "frozen backbone" in (out / "table5_fewshot.md").read_text()
