@@ -69,22 +69,11 @@ def _extraction_figures(case: str, spec, dataset: str, split: str, image_size: i
     entry's own timing) vs the forward alone on the same batches held in memory; both use the
     same warmed-up fused model. The two are alternated, best of ``repeats`` each (a shared
     machine's load swings a lot)."""
-    from torch.utils.data import DataLoader
-
     from linear_probe.backbones import build_extractor
-    from linear_probe.extract import extract_splits
-    from linear_probe.loaders import load_split
-    from linear_probe.preprocessing import Preprocessed, dataset_preprocessing
-    from linear_probe.registry import dataset_spec
+    from linear_probe.extract import extract_splits, preprocessed_batches
     from tinyvit_backbone.device import select_device
 
-    info = dataset_spec(dataset)
-    size = image_size or info.default_image_size
-    config = spec.data_config(size)
-    prep = dataset_preprocessing(info, config)
-    raw = load_split(info, split, None, int(config["input_size"][-1]))
-    batches = [prep.normalise(images)
-               for images, _ in DataLoader(Preprocessed(raw, prep.transform), batch_size=batch_size)]
+    batches = preprocessed_batches(spec, dataset, split, image_size, batch_size)
     device = select_device()  # extraction runs where the CLI would run it
     model = build_extractor(spec, "pooled", device)
     n = sum(len(b) for b in batches)

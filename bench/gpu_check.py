@@ -271,18 +271,11 @@ def probe_extraction(spec_arch, *, image_size: int, batch_size: int, device: tor
 
 def probe_batches(spec_arch, *, image_size: int, batch_size: int, device: torch.device):
     """The fused extractor and the same preprocessed digits batches, in memory."""
-    from linear_probe.datasets import Preprocessed, eval_transform, get_info, load_split
-    from torch.utils.data import DataLoader
-
     from linear_probe.backbones import ModelSpec, build_extractor
+    from linear_probe.extract import preprocessed_batches
 
     spec = ModelSpec(model="tinyvit", arch=spec_arch)
-    info = get_info("digits")
-    config = spec.data_config(image_size)
-    prep = eval_transform(info, config)
-    raw = load_split(info, "train", None, int(config["input_size"][-1]))
-    batches = [prep.normalise(images) for images, _ in
-               DataLoader(Preprocessed(raw, prep.transform), batch_size=batch_size)]
+    batches = preprocessed_batches(spec, "digits", "train", image_size, batch_size)
     return build_extractor(spec, "pooled", device), batches
 
 

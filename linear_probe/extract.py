@@ -178,6 +178,18 @@ def extract_splits(
     return Extraction(out, info, size, prep.description, time.perf_counter() - start_all, seconds)
 
 
+def preprocessed_batches(spec: ModelSpec, dataset: str, split: str, image_size: int | None,
+                         batch_size: int) -> list[torch.Tensor]:
+    """The normalised batches extraction feeds the model for ``dataset``'s ``split``, held in
+    memory: the raw-forward baseline that the benchmarks set the extraction loop against."""
+    info = dataset_spec(dataset)
+    config = input_config(spec, info, image_size)
+    prep = dataset_preprocessing(info, config)
+    raw = load_split(info, split, None, int(config["input_size"][-1]))
+    return [prep.normalise(images) for images, _ in
+            DataLoader(Preprocessed(raw, prep.transform), batch_size=batch_size)]
+
+
 def _preprocessing(info: DatasetSpec, data_config: dict, style: str | None) -> Preprocessing:
     if style is None:
         return dataset_preprocessing(info, data_config)
