@@ -53,8 +53,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="TinyViT arch: 5m | 11m | 21m | a JSON file with embed_dims / depths / "
                         "num_heads / window_sizes (default 21m)")
     g.add_argument("--weights", default=None,
-                   help="checkpoint file (official, timm .pth/.safetensors or OpenMMLab); "
-                        "omitted = random init (digest 'random')")
+                   help="weights: a registry name (python -m tinyvit_backbone.weights list), an "
+                        "http(s) URL, a timm/ hub tag, or a file (official, timm "
+                        ".pth/.safetensors or OpenMMLab); omitted = random init "
+                        "(digest 'random')")
     g.add_argument("--label", default=None, help="model name in the results (default e.g. tinyvit-21m)")
     g.add_argument("--init-seed", type=int, default=0, help="seed of the random init (no --weights)")
     g.add_argument("--pretraining", choices=PRETRAININGS, default=None,

@@ -122,7 +122,8 @@ def add_teacher_args(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--teacher", required=required, help="timm model name (e.g. "
                    "vit_large_patch14_clip_224.openai_ft_in12k_in1k, resnet50)")
     g.add_argument("--teacher-checkpoint", required=required,
-                   help="local weights file (.pth / .safetensors; timm or {'model': ...} layout)")
+                   help="teacher weights: a registry name, http(s) URL, timm/ hub tag or file "
+                        "(.pth / .safetensors; timm or {'model': ...} layout)")
     g.add_argument("--teacher-kwargs", help="JSON of extra timm.create_model arguments, e.g. "
                    "'{\"img_size\": 32}'")
     g.add_argument("--teacher-mean", nargs="+", metavar="M",
@@ -211,14 +212,16 @@ def _train(sub, finetune: bool) -> None:
                    "student.pth, result.json)")
     if finetune:
         p.add_argument("--init", required=True, help="student weights to start from "
-                       "(student.pth of `train`); a head of another class count is re-made")
+                       "(student.pth of `train`, or a registry name, URL, timm/ hub tag); a "
+                       "head of another class count is re-made")
     else:
         p.add_argument("--mode", choices=["store", "online", "labels"], default="store")
         p.add_argument("--store", help="logit store (mode store)")
         p.add_argument("--skip-bad-samples", action="store_true", help="mode store: train "
                        "without the samples whose records fail their check (counted in the "
                        "log) instead of refusing the store")
-        p.add_argument("--init", help="optional weights to start from")
+        p.add_argument("--init", help="optional weights to start from (file, registry "
+                       "name, URL or timm/ hub tag)")
         p.add_argument("--online-topk", type=int, help="mode online: keep only the "
                        "teacher's top-K, rebuilt like the store's (default: full softmax)")
         p.add_argument("--online-value-format", choices=VALUE_FORMATS, default="fp16",
