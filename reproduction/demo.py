@@ -227,8 +227,10 @@ def format_summary(summary: dict) -> str:
             f"{k} {v:.1f}" for k, v in acc.items()))
     if "detect" in summary:
         d = summary["detect"]
-        lines.append(f"  Mask R-CNN on scenes: bbox mAP {d.get('coco/bbox_mAP', float('nan')):.3f}, "
-                     f"segm mAP {d.get('coco/segm_mAP', float('nan')):.3f}")
+        # mmdet's CocoMetric writes fractions; the tables (and the paper) print percent
+        lines.append(f"  Mask R-CNN on scenes (%): bbox mAP "
+                     f"{100 * d.get('coco/bbox_mAP', float('nan')):.1f}, segm mAP "
+                     f"{100 * d.get('coco/segm_mAP', float('nan')):.1f}")
     if "segment" in summary:
         lines.append(f"  UperNet on scenes: mIoU {summary['segment'].get('mIoU', float('nan')):.1f}")
     if "probe" in summary:

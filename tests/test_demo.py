@@ -67,6 +67,9 @@ def test_reduced_demo_runs_every_stage_and_reuses_on_rerun(tmp_path):
     # the paper's layouts, published rows first, are shown to a newcomer
     assert "Table 6: COCO 2017 val" in text and "| published | TinyViT-21M (IN-21k ⚗) |" in text
     assert "Table 5 (left)" in text and "Table 5 (right)" in text
+    # percent, like the tables: mmdet's fraction scaled once
+    bbox = 100 * summary["detect"]["coco/bbox_mAP"]
+    assert f"Mask R-CNN on scenes (%): bbox mAP {bbox:.1f}," in text
     tables = open(os.path.join(out, "tables", "tables.md")).read()
     assert "mask_rcnn_tinyvit_demo" in tables and "tinyvit-demo distilled" in tables
     records = [json.loads(line) for line in open(os.path.join(out, "probe", "results.jsonl"))]
