@@ -114,6 +114,14 @@ def _ours_label(rec: Record) -> str:
     return f"{rec.model} ({rec.protocol}{mode})"
 
 
+def _missing_table5_row(table: Table, notes: Notes, pre: str, cells: int, what: str) -> None:
+    """A pretraining row of Table 5 with none of ours: a "missing" row naming the command that
+    fills it, and the same in the notes."""
+    table.add_row([text("missing"), text(pub.PRETRAINING_TEXT[pre]), *(Cell() for _ in range(cells)),
+                   text(table5_command(pre))])
+    notes.missing.append(f"Table 5 {what} of TinyViT-21M; {table5_command(pre)}")
+
+
 def table5_linear(results: ProbeResults, notes: Notes) -> Table:
     datasets = pub.TABLE5_LINEAR_DATASETS
     cols = [Column("row"), Column("pretraining"), *(Column(h, True, 1) for _, h in datasets),
@@ -139,11 +147,9 @@ def table5_linear(results: ProbeResults, notes: Notes) -> Table:
                 notes.missing.append(f"Table 5 linear probe {pub.PRETRAINING_TEXT[pre]} "
                                      f"({model}): " + ", ".join(lacking))
         if not models:
-            table.add_row([text("missing"), text(pub.PRETRAINING_TEXT[pre]),
-                           *(Cell() for _ in datasets), text(table5_command(pre))])
-            notes.missing.append(f"Table 5 linear probe {pub.PRETRAINING_TEXT[pre]}: no "
-                                 f"{PROTOCOL_LINEAR} records of TinyViT-21M; "
-                                 + table5_command(pre))
+            _missing_table5_row(table, notes, pre, len(datasets),
+                                f"linear probe {pub.PRETRAINING_TEXT[pre]}: no "
+                                f"{PROTOCOL_LINEAR} records")
     table.footnotes = ["Ours: protocol mocov3 (MoCo v3 main_lincls: frozen backbone, "
                        "RandomResizedCrop + flip online, SGD 90 epochs, cosine, wd 0)."]
     return table
@@ -185,11 +191,9 @@ def table5_fewshot(results: ProbeResults, notes: Notes) -> Table:
                                       f"({model}): {', '.join(map(str, short))} episodes, the "
                                       f"paper uses {pub.CDFSL_EPISODES}")
         if not rows:
-            table.add_row([text("missing"), text(pub.PRETRAINING_TEXT[pre]),
-                           *(Cell() for _ in columns), text(table5_command(pre))])
-            notes.missing.append(f"Table 5 few-shot {pub.PRETRAINING_TEXT[pre]}: no "
-                                 f"{PROTOCOL_FEWSHOT} episodes of TinyViT-21M; "
-                                 + table5_command(pre))
+            _missing_table5_row(table, notes, pre, len(columns),
+                                f"few-shot {pub.PRETRAINING_TEXT[pre]}: no "
+                                f"{PROTOCOL_FEWSHOT} episodes")
     table.footnotes = ["Ours: protocol cdfsl (finetune.py: a fresh linear layer per episode, "
                        "SGD 100 epochs in mini-batches of 4; the backbone fine-tuned or frozen, "
                        "as labelled). The paper does not say which it used."]
