@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Figure  # noqa: E402
+from bench.common import Figure, subprocess_env  # noqa: E402
 from bench.common import main as bench_main  # noqa: E402
 from reproduction.runs import eval_lines  # noqa: E402
 
@@ -93,7 +92,7 @@ def iteration_cost(config: str, size: int, batch: int, iters: int, data_root: st
     cmd = [sys.executable, str(Path(__file__)), "--worker", config, "--size", str(size),
            "--batch", str(batch), "--iters", str(iters), "--data-root", data_root]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                         env=subprocess_env(ROOT))
     if out.returncode != 0:
         raise RuntimeError(f"{config} iteration worker failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

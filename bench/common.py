@@ -88,6 +88,15 @@ def machine_info() -> dict:
     return info
 
 
+def subprocess_env(root, **extra: str) -> dict:
+    """This process's environment for a Python subprocess that imports the checkout at
+    ``root``: ``root`` first on ``PYTHONPATH``, what was there kept after it (packages
+    installed with ``pip install --target`` live there), and ``extra`` variables on top."""
+    paths = [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                           if p and p != str(root)]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths), **extra)
+
+
 def describe(fig: Figure) -> str:
     """One line per figure, as the runner and every benchmark's own ``__main__`` print it."""
     goal = "" if fig.goal is None else f" (goal {fig.goal}x: {'ok' if fig.meets_goal else 'MISSED'})"

@@ -1,49 +1,97 @@
 """Every GPU path of the project in one run (at most 8 minutes on one GPU), one JSON report.
 
-    make gpu-check                      # python tools/gpu_check.py --out results/gpu_check/report.json
+    python tools/gpu_check.py --out DIR/report.json [--only SECTION ...] [--budget-s S]
 
-Sections, in run order (each one's result lands in the report, whatever the others do):
+The check is a list of independent sections, run in the order below (cheap and most telling
+first). Each declares what it needs; one whose needs are not met here is ``skipped`` with the
+reason, and never blocks the others. Needs: ``cuda`` (torch sees a GPU), a package (``timm``,
+``mmengine``, ``mmdet``, ``mmseg``, ``onnx``, ``onnxruntime``), and ``mmcv_ops``: ops that run
+mmcv's nms and RoIAlign on the check's device, i.e. mmcv's compiled ops, or else the labelled
+stand-in on torchvision's kernels (:mod:`tinyvit_backbone.mmcv_standin`). The project's TinyViT
+module and everything built on it import mmengine, hence that need.
 
-* ``mmcv_ops``: mmcv's nms and RoIAlign on CUDA tensors against the CPU ops (same kept boxes,
-  max |diff| of the pooled features); RoIAlign also in fp16 (what AMP detectors feed it) and
-  bf16 (recorded: mmcv 2.1's kernels dispatch float, double and half);
+==================  =====================================  =====  ===========================
+section             needs                                  limit  measures
+==================  =====================================  =====  ===========================
+mmcv_ops            cuda, mmengine, mmcv_ops               30 s   nms / RoIAlign on CUDA vs CPU
+backbone_amp        cuda, mmengine                         45 s   bf16 / fp16 AMP vs fp32
+fast_path           cuda, mmengine                         45 s   SDPA fast path vs plain
+classification      cuda, timm                             60 s   21M vs Swin-T img/s, 224 b256
+onnxruntime         onnx, onnxruntime                      60 s   every execution provider
+probe_extraction    cuda, mmengine                         45 s   extraction vs raw forward
+cdfsl               cuda, mmengine                         60 s   a fine-tuned episode on CUDA
+mocov3              cuda, mmengine                         75 s   loop vs raw forward, 21M/224
+cascade             cuda, mmengine, mmdet, mmcv_ops        150 s  Cascade 21M vs Swin-T 1333x800
+distill             cuda, mmengine                         90 s   store vs supervised steps
+mask_rcnn           cuda, mmengine, mmdet, mmcv_ops        90 s   tools/train.py --amp
+upernet             cuda, mmengine, mmseg, mmcv_ops        90 s   tools/train.py --amp
+==================  =====================================  =====  ===========================
+
+* ``mmcv_ops``: the nms and RoIAlign the detection sections will use, on CUDA tensors against
+  the CPU (same kept boxes, max |diff| of the pooled features; RoIAlign also in fp16, what AMP
+  detectors feed it, and bf16);
 * ``backbone_amp``: TinyViT-21M forward + backward under bf16 and fp16 autocast (fp16 with a
   GradScaler) against fp32: output error, gradient cosine, seconds per step;
 * ``fast_path``: :func:`~tinyvit_backbone.inference.fuse_for_inference` (fused SDPA attention
   on CUDA) against the plain backbone, max |diff| at 224 px and at a detection size, TF32 off;
-  whether the memory-efficient SDPA kernel takes TinyViT's bias mask; speed with AMP;
-* ``cascade``: Cascade Mask R-CNN TinyViT-21M and Swin-T, 30 training iterations each at
-  1333x800, batch 2, AMP, COCO's proposal and sampling budgets: s/iter, peak memory, ratios;
-* ``mask_rcnn`` and ``upernet``: 20 iterations each through ``tools/train.py --embedded --amp``
-  (mmengine's Runner, evaluation and checkpoint included);
-* ``distill``: the mini reproduction at 224 px with a TinyViT-21M student: save-logits, then
-  student epochs from the store against supervised epochs (img/s, ratio);
+  which fused SDPA kernels take TinyViT's bias mask; speed with AMP;
+* ``classification``: TinyViT-21M against Swin-T classification throughput at 224, batch 256,
+  fp16 autocast, with the paper's V100 figures (1,571 vs 1,393 img/s) beside;
+* ``onnxruntime``: a TinyViT-5M classifier exported by the project's checked export, run on
+  every execution provider ONNX Runtime offers here, against torch (max |diff|, ms per batch);
 * ``probe_extraction``: linear_probe's extraction pipeline against the raw forward of the same
   fused model on the same batches in memory (img/s, ratio);
-* ``classification``: TinyViT-21M against Swin-T classification throughput at 224, batch 256,
-  fp16 autocast, with the paper's V100 figures (1,571 vs 1,393 img/s) beside.
+* ``cdfsl``: a fine-tuned 5-way 5-shot episode (cdfsl's recipe, fewer epochs) on the GPU at
+  21M/224, against the bare backbone steps on the same mini-batches; the 100-epoch episode is
+  extrapolated (labelled so); the hook for episodes trained together is :func:`cdfsl_together`;
+* ``mocov3``: the MoCo v3 probe's training epochs at 21M/224 on generated JPEGs (decoding and
+  augmentation in DataLoader workers) against the raw frozen forward on the same augmented
+  batches in memory (img/s, ratio; the goal is 0.9);
+* ``cascade``: Cascade Mask R-CNN TinyViT-21M and Swin-T, 30 training iterations each at
+  1333x800, batch 2, AMP, COCO's proposal and sampling budgets: s/iter, peak memory, ratios;
+* ``distill``: the mini reproduction at 224 px with a TinyViT-21M student: save-logits, then
+  student epochs from the store against supervised epochs (img/s, ratio);
+* ``mask_rcnn`` and ``upernet``: 20 iterations each through ``tools/train.py --embedded --amp``
+  (mmengine's Runner, evaluation and checkpoint included).
 
-A section whose numbers are out of tolerance is ``failed`` with its problems listed; one that
-raises is ``error`` with the traceback; ``skipped`` once the time budget is spent. The report is
-rewritten (atomically) after every section, so an interrupted run keeps what it measured.
+Which mmcv ops ran is in the report (``mmcv_ops``, and per section): compiled mmcv CUDA ops,
+compiled CPU ops, or the stand-in. A figure measured on the stand-in measures torchvision's
+kernels: its section says ``proves_mmcv_kernels: false``, and the report's
+``mmcv_kernels_proven`` stays false unless mmcv's own CUDA kernels passed.
 
-The GPU-only calls go through :class:`Gpu`; the CPU test suite passes a stand-in and
-:meth:`Sizes.tiny` to run the same wiring in seconds. The project's own APIs are called from
+Running: each section runs in its own process (its own CUDA context; a crash or an
+out-of-memory error stays there) and is stopped, with every process it started, when it runs
+past its limit or past what is left of the check's budget (``--budget-s``, default 480 s): it
+is then ``timed_out`` and the next section starts. No section starts once the budget is spent
+(``skipped``). Statuses: ``ok``; ``failed`` (numbers out of tolerance, ``problems`` lists
+them); ``error`` (it raised: the error and traceback; or its process died: the exit status and
+the last lines of its output); ``timed_out``; ``skipped`` (with ``reason``). The report is
+rewritten atomically after every section, so an interrupted run keeps what it measured.
+
+The GPU-only calls go through :class:`Gpu`; without a GPU the check runs on :class:`CpuOnly`
+(the sections that need CUDA are skipped). The CPU test suite passes a stand-in :class:`Gpu`
+and :meth:`Sizes.tiny` to run the same wiring in seconds. The project's own APIs are called from
 the "project calls" block below and nowhere else.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
+import ctypes
 import gc
 import glob
+import importlib.util
 import json
 import math
 import os
+import pickle
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -55,14 +103,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_FORMAT = "tinyvit-transfer gpu-check"
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 DEFAULT_BUDGET_S = 480.0
+# No section starts with less than this left of the budget: a process needs a few seconds to
+# import torch and create its CUDA context before it measures anything.
+MIN_START_S = 10.0
 # The paper's throughput table (V100, batch 256, 224 px, AMP), images/s.
 PAPER_V100_IMG_S = {"tinyvit-21m": 1571, "swin-t": 1393}
+FAILED = ("failed", "error", "timed_out", "interrupted")
 
 
 class NoGpu(Exception):
-    """torch sees no CUDA device: the check cannot run here."""
+    """torch sees no CUDA device."""
 
 
 # ------------------------------------------------------------------------------- the device
@@ -70,14 +122,14 @@ class Gpu:
     """The calls that need an NVIDIA GPU, in one place. Tests pass a CPU stand-in (a subclass
     with ``device = cpu`` and these methods as no-ops) to run the wiring without one."""
 
+    #: this device satisfies the ``cuda`` need (a GPU, or a test's stand-in for one)
+    is_gpu = True
     #: mmengine's AmpOptimWrapper and tools/train.py --amp need CUDA
     mmengine_amp = True
 
     def __init__(self) -> None:
         if not torch.cuda.is_available():
-            raise NoGpu("make gpu-check needs an NVIDIA GPU that torch can use, and torch sees "
-                        "none here (no driver, a CPU-only torch build, or CUDA_VISIBLE_DEVICES "
-                        "hides it); run it on a GPU machine after `make env` there")
+            raise NoGpu(no_gpu_reason())
         self.device = torch.device("cuda", torch.cuda.current_device())
 
     def describe(self) -> dict:
@@ -126,6 +178,36 @@ class Gpu:
             torch.backends.cudnn.benchmark = saved
 
 
+class CpuOnly:
+    """No GPU here: the device of the sections that need none (``onnxruntime``)."""
+
+    is_gpu = False
+    mmengine_amp = False
+
+    def __init__(self, reason: str) -> None:
+        self.device = torch.device("cpu")
+        self.reason = reason
+
+    def describe(self) -> dict:
+        return dict(name=None, cuda=False, reason=self.reason)
+
+    def synchronize(self) -> None:
+        pass
+
+
+def no_gpu_reason() -> str:
+    return (f"torch {torch.__version__} sees no CUDA GPU (built with CUDA "
+            f"{torch.version.cuda}; no driver, a CPU-only build, or CUDA_VISIBLE_DEVICES hides it)")
+
+
+def detect_device() -> Gpu | CpuOnly:
+    """The GPU when torch sees one, else :class:`CpuOnly` saying why not."""
+    try:
+        return Gpu()
+    except NoGpu as err:
+        return CpuOnly(str(err))
+
+
 @dataclass(frozen=True)
 class Sizes:
     """Every size the check uses; the defaults are the GPU run's, :meth:`tiny` the tests'."""
@@ -157,6 +239,20 @@ class Sizes:
     cls_size: int = 224
     cls_batch: int = 256
     cls_rounds: int = 10
+    ort_model: str = "tiny_vit_5m_224"    # timm name; a small model, exported and run per provider
+    ort_kwargs: dict = field(default_factory=dict)
+    ort_size: int = 224
+    ort_batch: int = 8
+    ort_rounds: int = 5
+    cdfsl_arch: str | dict = "21m"
+    cdfsl_size: int = 224
+    cdfsl_epochs: int = 10                # of the recipe's 100: the rest is extrapolated
+    cdfsl_shots: int = 5
+    mocov3_arch: str | dict = "21m"
+    mocov3_size: int = 224
+    mocov3_images: int = 1024             # generated 320x240 JPEGs, decoded every epoch
+    mocov3_batch: int = 256
+    mocov3_rounds: int = 3
     nms_boxes: int = 2000
     roi_features: tuple = (2, 256, 200, 336)  # FPN P2 of a 1333x800 batch of 2
     rois: int = 512
@@ -175,16 +271,33 @@ class Sizes:
                    probe_arch=tiny_arch, probe_size=32, probe_batch=64,
                    cls_models=("tiny_vit_5m_224", "swin_tiny_patch4_window7_224"),
                    cls_kwargs=({}, {"img_size": 64, "window_size": 4}), cls_size=64,
-                   cls_batch=1, cls_rounds=1, nms_boxes=50, roi_features=(1, 4, 16, 16), rois=8,
-                   workers=0)
+                   cls_batch=1, cls_rounds=1,
+                   ort_kwargs=dict(tiny_arch), ort_size=32, ort_batch=2, ort_rounds=1,
+                   cdfsl_arch=tiny_arch, cdfsl_size=64, cdfsl_epochs=1,
+                   mocov3_arch=tiny_arch, mocov3_size=32, mocov3_images=24, mocov3_batch=8,
+                   mocov3_rounds=1, nms_boxes=50, roi_features=(1, 4, 16, 16), rois=8, workers=0)
 
 
 @dataclass
 class Context:
-    gpu: Gpu
+    gpu: Gpu | CpuOnly
     sizes: Sizes
     scratch: Path
     log: Callable[[str], None] = print
+    deadline: float = math.inf            # time.monotonic() by which the section must be done
+    mmcv_ops: dict | None = None          # the ops plan of a section that needs mmcv_ops
+
+    def seconds_left(self) -> float | None:
+        """For the subprocesses a section starts (None: no limit, the in-process runs)."""
+        left = self.deadline - time.monotonic()
+        return None if math.isinf(left) else max(1.0, left)
+
+
+def subprocess_env(**extra: str) -> dict:
+    """This process's environment for a Python subprocess of the project: the checkout first on
+    ``PYTHONPATH``, and whatever was there kept after it (``pip install --target`` dirs)."""
+    from bench.common import subprocess_env as env
+    return env(ROOT, **extra)
 
 
 # ------------------------------------------------------------------------------ project calls
@@ -198,6 +311,17 @@ def build_backbone(arch):
 def fuse(model):
     from tinyvit_backbone.inference import fuse_for_inference
     return fuse_for_inference(model)
+
+
+def prepare_mmcv_ops(device_type: str) -> dict:
+    """Which mmcv ops this process uses (compiled, else the stand-in, installed here)."""
+    from tinyvit_backbone.mmcv_standin import prepare
+    return prepare(device_type)
+
+
+def plan_mmcv_ops(device_type: str) -> dict:
+    from tinyvit_backbone.mmcv_standin import plan
+    return plan(device_type)
 
 
 def scenes(root: Path) -> str:
@@ -232,14 +356,16 @@ def detector_config(config: str, data_root: str, *, iters: int, scale: tuple, ba
 
 
 def train_cli(config: str, data_root: str, work_dir: str, *, iters: int, size: int, batch: int,
-              amp: bool, arch=None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "tools" / "train.py"), config, "--embedded",
-           "--data-root", data_root, "--iters", str(iters), "--image-size", str(size),
-           "--batch-size", str(batch), "--work-dir", work_dir] + (["--amp"] if amp else [])
-    if arch:
-        cmd += ["--arch", arch]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+              amp: bool, arch=None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """``tools/train.py`` in a subprocess, with the mmcv ops this machine can run (compiled,
+    else the stand-in: ``python -m tinyvit_backbone.mmcv_standin``)."""
+    cmd = [sys.executable, "-m", "tinyvit_backbone.mmcv_standin", str(ROOT / "tools" / "train.py"),
+           config, "--embedded", "--data-root", data_root, "--iters", str(iters),
+           "--image-size", str(size), "--batch-size", str(batch), "--work-dir", work_dir]
+    cmd += ["--amp"] if amp else []
+    cmd += ["--arch", arch] if arch else []
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=subprocess_env())
 
 
 def distill_pipeline(out_dir: Path, *, arch, image_size: int, device: str, workers: int) -> dict:
@@ -284,6 +410,145 @@ def amp_dtype(device: torch.device):
     return policy(device, True)
 
 
+def export_classifier(model, image_size: int):
+    """The project's checked ONNX export (parity with torch on ONNX Runtime's CPU provider
+    before the bytes are returned)."""
+    from tinyvit_backbone.export import export_module
+    return export_module(model, ["logits"], [None], check_sizes=[(image_size, image_size)])
+
+
+def cdfsl_episode(arch, *, image_size: int, shots: int, device: torch.device, seed: int = 0):
+    """A 5-way ``shots``-shot episode of the digits' test split (15 queries per class) for
+    the fine-tuned cdfsl protocol: a callable running it for N epochs (returns the query
+    accuracy, %), a callable running the bare backbone steps on the same mini-batches, and
+    the episode's settings."""
+    import numpy as np
+
+    from linear_probe.backbones import FeatureExtractor, ModelSpec, build_network
+    from linear_probe.cdfsl import finetune_episode, support_orders
+    from linear_probe.fewshot import sample_episodes
+    from linear_probe.loaders import load_split
+    from linear_probe.preprocessing import Preprocessed, eval_preprocessing
+    from linear_probe.recipes import CDFSL_QUERIES, CDFSL_WAYS, CdfslRecipe
+    from linear_probe.registry import dataset_spec
+
+    spec = ModelSpec(model="tinyvit", arch=arch)
+    prep = eval_preprocessing("cdfsl", spec.data_config(image_size))
+    raw = load_split(dataset_spec("digits"), "test", None, image_size)
+    data = Preprocessed(raw, prep.transform)
+    episodes = sample_episodes(np.asarray(raw.targets), CDFSL_WAYS, shots, CDFSL_QUERIES, 1,
+                               seed=seed)
+
+    def images(rows):
+        return prep.normalise(torch.stack([data[int(i)][0] for i in rows])).to(device)
+
+    support, query = images(episodes.support[0]), images(episodes.query[0])
+    extractor = FeatureExtractor(build_network(spec)).to(device)
+    initial = {k: v.detach().clone() for k, v in extractor.state_dict().items()}
+    dtype = amp_dtype(device) if device.type == "cuda" else None
+
+    def episode(epochs: int) -> float:
+        return finetune_episode(extractor, initial, support, query, CDFSL_WAYS, seed=seed,
+                                episode=0, recipe=CdfslRecipe().with_epochs(epochs),
+                                amp_dtype=dtype)
+
+    def bare_steps(epochs: int) -> int:
+        """The backbone's forward + backward + SGD step on the episode's mini-batches alone."""
+        from tinyvit_backbone.device import autocast
+
+        recipe = CdfslRecipe()
+        extractor.load_state_dict(initial)
+        extractor.train()
+        for p in extractor.parameters():
+            p.requires_grad_(True)
+        opt = torch.optim.SGD(extractor.parameters(), lr=recipe.backbone_lr)
+        steps = 0
+        for order in support_orders(seed, 0, epochs, len(support)):
+            for j in range(0, len(support), recipe.batch_size):
+                pick = torch.from_numpy(order[j:j + recipe.batch_size]).to(device)
+                with autocast(device, dtype):
+                    loss = extractor(support[pick]).float().sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+        return steps
+
+    settings = dict(ways=CDFSL_WAYS, shots=shots, queries=CDFSL_QUERIES,
+                    batch=CdfslRecipe().batch_size, recipe_epochs=CdfslRecipe().epochs,
+                    steps_per_recipe_episode=CdfslRecipe().steps(len(support)),
+                    amp=str(dtype).removeprefix("torch.") if dtype else None,
+                    device=str(support.device))
+    return episode, bare_steps, settings
+
+
+def cdfsl_together(arch, *, image_size: int, shots: int, episodes: int, device: torch.device):
+    """Hook for fine-tuned episodes trained together (``episodes`` at once against one at a
+    time). linear_probe.cdfsl has no such API yet: returns None, and the section records that.
+    When it lands, return ``dict(together_s=..., one_at_a_time_s=..., episodes=...)`` here."""
+    return None
+
+
+def mocov3_loop(arch, dataset: str, *, image_size: int, batch_size: int, device: torch.device,
+                workers: int):
+    """The MoCo v3 probe's training loop as ``python -m linear_probe mocov3`` runs it (seeded
+    augmentation in persistent DataLoader workers, frozen forward under the protocol's AMP,
+    head step), and the raw frozen forward on the same augmented batches held in memory.
+    Returns (epoch(e) -> images, forward() -> images, settings)."""
+    from torch.utils.data import DataLoader
+
+    from linear_probe.backbones import ModelSpec, build_extractor
+    from linear_probe.device import autocast_dtype
+    from linear_probe.extract import prefetched
+    from linear_probe.loaders import load_split
+    from linear_probe.mocov3 import (
+        EpochSampler,
+        epoch_batches,
+        init_head,
+        train_epoch,
+        training_loader,
+    )
+    from linear_probe.preprocessing import SeededAugmentation, mocov3_train_preprocessing
+    from linear_probe.recipes import MoCoV3Recipe
+    from linear_probe.registry import dataset_spec
+    from tinyvit_backbone.device import autocast
+
+    spec = ModelSpec(model="tinyvit", arch=arch)
+    recipe = MoCoV3Recipe(batch_size=batch_size)
+    amp = autocast_dtype(device)
+    prep = mocov3_train_preprocessing(spec.data_config(image_size))
+    raw = load_split(dataset_spec(dataset), "train", None, image_size)
+    data = SeededAugmentation(raw, prep.transform, seed=0)
+    extractor = build_extractor(spec, "pooled", device)
+    with torch.no_grad():
+        dim = int(extractor(prep.normalise(data[0][0][None]).to(device)).shape[1])
+    head = init_head(dim, len(raw.classes), 0).to(device)
+    opt = torch.optim.SGD(head.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    sampler = EpochSampler()
+    loader = training_loader(data, sampler, workers, device)
+    plan0 = epoch_batches(len(raw), recipe.batch_size, 0, 0)
+    sampler.set(plan0, 0)
+    held = [prep.normalise(x).to(device) for x, _ in DataLoader(data, batch_sampler=sampler)]
+
+    def epoch(e: int) -> int:
+        plan = epoch_batches(len(raw), recipe.batch_size, e, 0)
+        sampler.set(plan, e)
+        _, seen = train_epoch(extractor, head, opt, loader if workers else prefetched(loader),
+                              [g for _, g in plan], prep.normalise, device, amp, 1)
+        return seen
+
+    def forward() -> int:
+        with torch.no_grad(), autocast(device, amp):
+            for x in held:
+                extractor(x)
+        return sum(len(x) for x in held)
+
+    settings = dict(images=len(raw), batch=recipe.batch_size, workers=workers,
+                    amp=str(amp).removeprefix("torch.") if amp else None,
+                    augmentation=prep.description)
+    return epoch, forward, settings
+
+
 # ------------------------------------------------------------------------------ measurement
 def seconds_of(fn: Callable[[], object], gpu: Gpu) -> float:
     """Wall seconds of one call with the GPU's queue drained on both sides."""
@@ -304,14 +569,24 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
 
 
+def _ops_label(ctx: Context) -> dict:
+    """What a detection figure measured: mmcv's kernels, or the stand-in's (torchvision's)."""
+    plan = ctx.mmcv_ops or {}
+    return dict(kind=plan.get("kind"), proves_mmcv_kernels=bool(plan.get("proves_mmcv_kernels")))
+
+
 # ------------------------------------------------------------------------------ the sections
 def check_mmcv_ops(ctx: Context) -> dict:
-    from mmcv.ops import RoIAlign, get_compiling_cuda_version, nms
+    """The nms and RoIAlign the detection sections use (``ctx.mmcv_ops``), on the device
+    against the CPU. With the stand-in this compares torchvision's CUDA kernels with its CPU
+    ones: a proof of the stand-in, not of mmcv's kernels."""
+    from mmcv.ops import RoIAlign, nms
 
     dev, s = ctx.gpu.device, ctx.sizes
     problems = []
-    compiled = get_compiling_cuda_version()
-    if dev.type == "cuda" and compiled != torch.version.cuda:
+    plan = ctx.mmcv_ops or {}
+    compiled = plan.get("compiled_cuda")
+    if plan.get("kind") == "compiled mmcv CUDA ops" and compiled != torch.version.cuda:
         problems.append(f"mmcv compiled with CUDA {compiled!r}, torch has {torch.version.cuda}")
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(s.nms_boxes, 2, generator=g) * 800
@@ -333,7 +608,7 @@ def check_mmcv_ops(ctx: Context) -> dict:
     if diff > 1e-4:
         problems.append(f"RoIAlign differs from the CPU by {diff:.2e} (tolerance 1e-4)")
     low = {}
-    if dev.type == "cuda":  # the dtypes AMP detectors feed it (mmcv's CPU kernels are fp32 only)
+    if dev.type == "cuda":  # the dtypes AMP detectors feed it (the CPU kernels are fp32 only)
         for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
             try:
                 low[name] = max_abs_diff(align(feats.to(dev, dtype), rois.to(dev, dtype)).cpu(), ref)
@@ -341,9 +616,10 @@ def check_mmcv_ops(ctx: Context) -> dict:
                 low[name] = f"unsupported: {str(err).splitlines()[0][:120]}"
         if not isinstance(low["fp16"], float) or low["fp16"] > 2e-2:
             problems.append(f"fp16 RoIAlign (AMP detectors): {low['fp16']} (tolerance 2e-2)")
-    return dict(problems=problems, compiled_cuda=compiled, torch_cuda=torch.version.cuda,
-                nms_boxes=s.nms_boxes, nms_kept=len(keep_cpu), nms_same_keep=same_keep,
-                roi_align_max_abs_diff=diff, roi_align_low_precision_max_abs_diff=low,
+    return dict(problems=problems, mmcv_ops=_ops_label(ctx), compiled_cuda=compiled,
+                torch_cuda=torch.version.cuda, nms_boxes=s.nms_boxes, nms_kept=len(keep_cpu),
+                nms_same_keep=same_keep, roi_align_max_abs_diff=diff,
+                roi_align_low_precision_max_abs_diff=low,
                 roi_feature_shape=list(s.roi_features), rois=s.rois)
 
 
@@ -530,7 +806,8 @@ def check_cascade(ctx: Context) -> dict:
     problems = [f"{name}: non-finite loss" for name, r in (("tinyvit", tiny), ("swin-t", swin))
                 if not r["finite"]]
     return dict(problems=problems, scale=list(s.det_scale), batch=s.det_batch,
-                amp="float16" if ctx.gpu.mmengine_amp else None, tinyvit_21m=tiny, swin_t=swin,
+                amp="float16" if ctx.gpu.mmengine_amp else None, mmcv_ops=_ops_label(ctx),
+                tinyvit_21m=tiny, swin_t=swin,
                 s_per_iter_ratio=tiny["s_per_iter"] / swin["s_per_iter"],
                 peak_memory_ratio=tiny["peak_mib"] / swin["peak_mib"] if swin["peak_mib"] else None)
 
@@ -548,7 +825,7 @@ def training_run(ctx: Context, config: str, size: int, batch: int, arch=None) ->
     with tempfile.TemporaryDirectory(dir=ctx.scratch) as work_dir:
         start = time.perf_counter()
         out = train_cli(config, root, work_dir, iters=s.train_iters, size=size, batch=batch,
-                        amp=ctx.gpu.mmengine_amp, arch=arch)
+                        amp=ctx.gpu.mmengine_amp, arch=arch, timeout=ctx.seconds_left())
         wall = time.perf_counter() - start
         if out.returncode != 0:
             raise RuntimeError(f"tools/train.py {config} failed:\n{out.stderr[-3000:]}")
@@ -565,7 +842,8 @@ def training_run(ctx: Context, config: str, size: int, batch: int, arch=None) ->
         problems.append("no checkpoint written")
     memory = [line["memory"] for line in train if "memory" in line]
     return dict(problems=problems, config=config, iters=s.train_iters, image_size=size,
-                batch=batch, amp="float16" if ctx.gpu.mmengine_amp else None, wall_s=wall,
+                batch=batch, amp="float16" if ctx.gpu.mmengine_amp else None,
+                mmcv_ops=_ops_label(ctx), wall_s=wall,
                 s_per_iter=statistics.median(line["time"] for line in train if "time" in line)
                 if train else None,
                 first_loss=train[0]["loss"] if train else None,
@@ -668,38 +946,346 @@ def check_classification(ctx: Context) -> dict:
                 paper_tinyvit_vs_swin=paper["tinyvit-21m"] / paper["swin-t"])
 
 
-SECTIONS: dict[str, tuple[str, Callable[[Context], dict]]] = {
-    "mmcv_ops": ("mmcv nms / RoIAlign on CUDA vs CPU", check_mmcv_ops),
-    "backbone_amp": ("backbone forward + backward under bf16 / fp16 AMP", check_backbone_amp),
-    "fast_path": ("fast path (SDPA) vs plain path", check_fast_path),
-    "cascade": ("Cascade Mask R-CNN TinyViT-21M vs Swin-T training iterations", check_cascade),
-    "mask_rcnn": ("Mask R-CNN TinyViT-21M, tools/train.py", check_mask_rcnn),
-    "upernet": ("UperNet TinyViT-21M, tools/train.py", check_upernet),
-    "distill": ("save-logits, student from the store vs supervised", check_distill),
-    "probe_extraction": ("linear-probe feature extraction vs raw forward", check_probe_extraction),
-    "classification": ("classification throughput TinyViT-21M vs Swin-T", check_classification),
-}
+def check_onnxruntime(ctx: Context) -> dict:
+    """A small timm TinyViT classifier through the project's checked export, then run by each
+    execution provider ONNX Runtime offers here, against torch fp32 on the CPU. A provider
+    that is offered but cannot start (missing libraries) is recorded, not a failure; one that
+    runs and disagrees with torch is. GPU providers may use TF32, hence their looser bound."""
+    import onnxruntime as ort
+    import timm
+
+    s = ctx.sizes
+    torch.manual_seed(0)
+    model = timm.create_model(s.ort_model, pretrained=False, **s.ort_kwargs).eval()
+    exported = export_classifier(model, s.ort_size)
+    x = torch.randn(s.ort_batch, 3, s.ort_size, s.ort_size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = model(x)
+        torch_s = min(_wall(lambda: model(x)) for _ in range(s.ort_rounds))
+    scale = float(ref.abs().max())
+    providers, problems = {}, []
+    for name in ort.get_available_providers():
+        entry = {}
+        try:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            session = ort.InferenceSession(exported.onnx, options, providers=[name])
+            entry["session_providers"] = session.get_providers()
+            feed = {session.get_inputs()[0].name: x.numpy()}
+            out = torch.from_numpy(session.run(None, feed)[0])
+            entry["ms_per_batch"] = 1000 * min(
+                _wall(lambda run=session.run, feed=feed: run(None, feed)) for _ in range(s.ort_rounds))
+        except Exception as err:  # an offered provider whose libraries are absent
+            entry["unusable"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            providers[name] = entry
+            continue
+        entry["max_abs_diff"] = max_abs_diff(out, ref)
+        bound = 1e-4 if name == "CPUExecutionProvider" else 1e-2
+        entry["tolerance"] = bound * max(1.0, scale)
+        if not entry["max_abs_diff"] <= entry["tolerance"]:
+            problems.append(f"{name}: max |diff| to torch {entry['max_abs_diff']:.3g} > "
+                            f"{entry['tolerance']:.3g}")
+        providers[name] = entry
+    if not any("max_abs_diff" in e for e in providers.values()):
+        problems.append(f"no execution provider ran the model (offered: {list(providers)})")
+    return dict(problems=problems, onnxruntime=ort.__version__, model=s.ort_model,
+                image_size=s.ort_size, batch=s.ort_batch, opset=exported.opset,
+                export_check_max_abs_diff=exported.worst_diff, torch_cpu_ms_per_batch=1000 * torch_s,
+                providers=providers, device=ort.get_device())
+
+
+def _wall(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def check_cdfsl(ctx: Context) -> dict:
+    """A fine-tuned cdfsl episode on the check's device: backbone and head trained together
+    for ``cdfsl_epochs`` epochs in mini-batches of 4, after a one-epoch warm-up; against the
+    bare backbone steps on the same mini-batches. The recipe's 100-epoch episode is
+    extrapolated linearly from the per-epoch cost (labelled so)."""
+    gpu, s = ctx.gpu, ctx.sizes
+    dev = gpu.device
+    episode, bare_steps, settings = cdfsl_episode(s.cdfsl_arch, image_size=s.cdfsl_size,
+                                                  shots=s.cdfsl_shots, device=dev)
+    if settings["device"].split(":")[0] != dev.type:
+        raise RuntimeError(f"the episode's images are on {settings['device']}, not on {dev}")
+    episode(1)  # warm-up: cuDNN plans, the allocator
+    accuracy = []
+    episode_s = seconds_of(lambda: accuracy.append(episode(s.cdfsl_epochs)), gpu)
+    steps = []
+    bare_s = seconds_of(lambda: steps.append(bare_steps(s.cdfsl_epochs)), gpu)
+    per_step, bare_per_step = episode_s / steps[0], bare_s / steps[0]
+    problems = [] if math.isfinite(accuracy[0]) else ["the episode's accuracy is not finite"]
+    together = cdfsl_together(s.cdfsl_arch, image_size=s.cdfsl_size, shots=s.cdfsl_shots,
+                              episodes=8, device=dev)
+    return dict(problems=problems, arch=str(s.cdfsl_arch), image_size=s.cdfsl_size,
+                epochs=s.cdfsl_epochs, steps=steps[0], episode_s=episode_s,
+                query_accuracy=accuracy[0], s_per_step=per_step, bare_s_per_step=bare_per_step,
+                loop_vs_bare=bare_per_step / per_step, **settings,
+                recipe_episode_s_extrapolated=per_step * settings["steps_per_recipe_episode"],
+                extrapolation=f"{settings['steps_per_recipe_episode']} steps at the measured "
+                              f"s/step of a {s.cdfsl_epochs}-epoch episode",
+                together=together if together is not None else {
+                    "skipped": "linear_probe.cdfsl has no API for episodes trained together "
+                               "yet (hook: bench.gpu_check.cdfsl_together)"})
+
+
+def jpeg_folder(root: Path, images: int, classes: int = 4) -> Path:
+    """``images`` smooth random 320x240 JPEGs in ``root/train/class<c>/`` (and an empty test
+    split, as ``imagefolder:`` expects): real decoding work, like photos, not like noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / "test" / f"class{c}").mkdir(parents=True, exist_ok=True)
+        folder = root / "train" / f"class{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(c, images, classes):
+            small = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+            Image.fromarray(small).resize((320, 240), Image.BICUBIC).save(folder / f"{i}.jpg",
+                                                                          quality=90)
+    return root
+
+
+def check_mocov3(ctx: Context) -> dict:
+    """The MoCo v3 probe's training epochs against the raw frozen forward on the same augmented
+    batches in memory, alternated, best of ``mocov3_rounds`` each (goal: >= 0.9x)."""
+    gpu, s = ctx.gpu, ctx.sizes
+    root = jpeg_folder(ctx.scratch / "jpegs", s.mocov3_images)
+    epoch, forward, settings = mocov3_loop(s.mocov3_arch, f"imagefolder:{root}",
+                                           image_size=s.mocov3_size, batch_size=s.mocov3_batch,
+                                           device=gpu.device, workers=s.workers)
+    with gpu.tuned_kernels():
+        epoch(0)  # warm-up: workers start, cuDNN plans
+        forward()
+        loop_s, raw_s = [], []
+        for r in range(s.mocov3_rounds):
+            loop_s.append(seconds_of(lambda r=r: epoch(r + 1), gpu))
+            raw_s.append(seconds_of(forward, gpu))
+    n = settings["images"]
+    ratio = min(raw_s) / min(loop_s)
+    return dict(problems=[], arch=str(s.mocov3_arch), image_size=s.mocov3_size, **settings,
+                loop_img_s=n / min(loop_s), raw_forward_img_s=n / min(raw_s),
+                loop_vs_raw_forward=ratio, goal=0.9, meets_goal=ratio >= 0.9)
+
+
+# ------------------------------------------------------------------------------ the list
+@dataclass(frozen=True)
+class Section:
+    """One check: ``run(ctx)`` returns its figures and ``problems`` (what is out of tolerance,
+    a list of sentences); ``needs`` (see the module docstring); ``limit_s``, its time limit in
+    seconds on one GPU."""
+
+    name: str
+    title: str
+    run: Callable[[Context], dict]
+    needs: tuple[str, ...] = ()
+    limit_s: float = 60.0
+
+
+_MM = ("cuda", "mmengine")
+SECTIONS: dict[str, Section] = {s.name: s for s in (
+    Section("mmcv_ops", "mmcv nms / RoIAlign on CUDA vs CPU", check_mmcv_ops,
+            _MM + ("mmcv_ops",), 30),
+    Section("backbone_amp", "backbone forward + backward under bf16 / fp16 AMP", check_backbone_amp,
+            _MM, 45),
+    Section("fast_path", "fast path (SDPA) vs plain path", check_fast_path, _MM, 45),
+    Section("classification", "classification throughput TinyViT-21M vs Swin-T",
+            check_classification, ("cuda", "timm"), 60),
+    Section("onnxruntime", "ONNX Runtime's execution providers vs torch", check_onnxruntime,
+            ("timm", "onnx", "onnxruntime"), 60),
+    Section("probe_extraction", "linear-probe feature extraction vs raw forward",
+            check_probe_extraction, _MM, 45),
+    Section("cdfsl", "a fine-tuned cdfsl episode on the GPU vs its bare steps", check_cdfsl, _MM, 60),
+    Section("mocov3", "mocov3 training loop vs raw frozen forward, 21M/224", check_mocov3, _MM, 75),
+    Section("cascade", "Cascade Mask R-CNN TinyViT-21M vs Swin-T training iterations",
+            check_cascade, _MM + ("mmdet", "mmcv_ops"), 150),
+    Section("distill", "save-logits, student from the store vs supervised", check_distill, _MM, 90),
+    Section("mask_rcnn", "Mask R-CNN TinyViT-21M, tools/train.py --amp", check_mask_rcnn,
+            _MM + ("mmdet", "mmcv_ops"), 90),
+    Section("upernet", "UperNet TinyViT-21M, tools/train.py --amp", check_upernet,
+            _MM + ("mmseg", "mmcv_ops"), 90),
+)}
+
+
+def unmet_needs(needs: Iterable[str], gpu, mmcv_plan: Callable[[], dict]) -> str | None:
+    """Why a section with ``needs`` cannot run here (None: it can). ``mmcv_plan()`` is asked
+    only when everything else is there (it imports mmcv)."""
+    reasons = []
+    for need in needs:
+        if need == "cuda":
+            if not gpu.is_gpu:
+                reasons.append(f"needs a CUDA GPU: {gpu.reason}")
+        elif need != "mmcv_ops" and not _installed(need):
+            reasons.append(f"needs {need}, which is not installed")
+    if "mmcv_ops" in needs and not reasons:
+        plan = mmcv_plan()
+        if plan["kind"] == "unavailable":
+            reasons.append(f"needs mmcv's nms / RoIAlign: {plan['reason']}")
+    return "; ".join(reasons) or None
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a broken install: the section then says what broke
+        return True
+
+
+# ------------------------------------------------------------------------------ one section
+def section_outcome(section: Section, ctx: Context) -> dict:
+    """Run ``section`` in this process: what the report records of it (status, problems,
+    result, or error and traceback; ``mmcv_ops``, the ops a section that needs them used)."""
+    try:
+        if "mmcv_ops" in section.needs:
+            ctx.mmcv_ops = prepare_mmcv_ops(ctx.gpu.device.type)
+            ctx.log(f"[gpu-check] {section.name}: mmcv ops: {ctx.mmcv_ops['kind']} "
+                    f"({ctx.mmcv_ops['reason']})")
+        result = section.run(ctx)
+        problems = list(result.pop("problems", []))
+        out = dict(status="failed" if problems else "ok", problems=problems,
+                   result=_jsonable(result))
+    except Exception as err:  # one broken path must not hide the others' figures
+        out = dict(status="error", error=f"{type(err).__name__}: {err}"[:2000],
+                   traceback=traceback.format_exc(limit=12))
+    if ctx.mmcv_ops is not None:
+        out["mmcv_ops"] = _jsonable(ctx.mmcv_ops)
+    return out
+
+
+_CHILD = "import sys; from bench.gpu_check import section_process; sys.exit(section_process(sys.argv[1]))"
+
+
+def run_isolated(section: Section, gpu, sizes: Sizes, scratch: Path, limit_s: float,
+                 log: Callable[[str], None]) -> dict:
+    """Run ``section`` in a process of its own, in a session of its own (so that every process
+    it starts, DataLoader workers and tools/train.py included, is stopped with it), its output
+    relayed to ``log``. Past ``limit_s`` seconds the whole session is stopped (SIGTERM, then
+    SIGKILL 3 s later) and the outcome is ``timed_out``."""
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=f"{section.name}_") as tmp:
+        job = Path(tmp) / "job.pkl"
+        result = Path(tmp) / "result.json"
+        with open(job, "wb") as f:
+            pickle.dump(dict(section=section, gpu=gpu, sizes=sizes, scratch=str(scratch),
+                             limit_s=limit_s, result=str(result), parent=os.getpid()), f)
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(job)], cwd=ROOT,
+                                env=subprocess_env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        tail: collections.deque[str] = collections.deque(maxlen=40)
+        relay = threading.Thread(target=_relay, args=(proc.stdout, tail, log, section.name),
+                                 daemon=True)
+        relay.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            stop_session(proc)
+            relay.join(timeout=5)
+        if timed_out:
+            return dict(status="timed_out", output_tail=list(tail))
+        if result.exists():
+            with open(result) as f:
+                return json.load(f)
+        code = proc.returncode
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        return dict(status="error", error=f"the section's process ended ({how}) without a "
+                                          "result; its last output is in output_tail",
+                    output_tail=list(tail))
+
+
+def _relay(stream, tail: collections.deque, log: Callable[[str], None], name: str) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace").rstrip()
+        tail.append(line)
+        log(f"[gpu-check]   {name} | {line}")
+    stream.close()
+
+
+def stop_session(proc: subprocess.Popen) -> None:
+    """Stop every process of ``proc``'s session: SIGTERM, and SIGKILL to what is left 3 s later.
+    Also run after a normal exit, for what the section left behind."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:  # nothing left
+        proc.wait()
+        return
+    end = time.monotonic() + 3.0
+    while time.monotonic() < end:
+        if proc.poll() is not None and not _group_alive(proc.pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def section_process(job_path: str) -> int:
+    """The body of a section's own process (:func:`run_isolated`): run it, write the outcome."""
+    from tinyvit_backbone.files import atomic_write_json
+
+    with open(job_path, "rb") as f:
+        job = pickle.load(f)
+    _exit_with_parent(job["parent"])
+    ctx = Context(job["gpu"], job["sizes"], Path(job["scratch"]),
+                  log=lambda line: print(line, file=sys.stderr, flush=True),
+                  deadline=time.monotonic() + job["limit_s"])
+    atomic_write_json(job["result"], section_outcome(job["section"], ctx))
+    return 0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this process when the check's process dies (even by SIGKILL),
+    so no section outlives the check."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """``timeout`` and batch schedulers stop a run with SIGTERM: handled as Ctrl-C is, so the
+    running section's processes are stopped and the report says where the run ended."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ------------------------------------------------------------------------------ the run
-def preflight() -> None:
-    """Refuse a run whose detector sections could only fail: mmcv without CUDA ops."""
-    from mmcv.ops import get_compiling_cuda_version
-
-    if get_compiling_cuda_version() == "not available":
-        raise NoGpu("mmcv was built without its CUDA ops (this environment was set up on a "
-                    "machine without a GPU): run `make env` on this GPU machine, which rebuilds "
-                    "mmcv with them, then rerun")
-
-
-def run_check(gpu: Gpu, sizes: Sizes, out: Path, *, only: Iterable[str] | None = None,
-              budget_s: float = DEFAULT_BUDGET_S, sections=None,
-              log: Callable[[str], None] = print, clock: Callable[[], float] = time.perf_counter,
-              machine: dict | None = None) -> dict:
+def run_check(gpu, sizes: Sizes, out: Path, *, only: Iterable[str] | None = None,
+              budget_s: float = DEFAULT_BUDGET_S, sections: dict[str, Section] | None = None,
+              log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
+              machine: dict | None = None, isolate: bool = True) -> dict:
     """Run the sections (all, or ``only``) in order and write the report to ``out``.
 
-    Sections start only while ``budget_s`` is not spent (the rest are ``skipped``). Returns
-    the report, which is also rewritten atomically at ``out`` after every section.
+    ``isolate``: each section in its own process, stopped at its limit (the command line);
+    False runs them in this process with no limit enforced (tests, debugging). No section
+    starts with less than :data:`MIN_START_S` of ``budget_s`` left. Returns the report, which
+    is also rewritten atomically at ``out`` after every section.
     """
     from tinyvit_backbone.files import atomic_write_json
 
@@ -709,52 +1295,77 @@ def run_check(gpu: Gpu, sizes: Sizes, out: Path, *, only: Iterable[str] | None =
     if unknown:
         raise ValueError(f"unknown section(s) {unknown}; choose from {list(sections)}")
     if machine is None:
-        sys.path.insert(0, str(ROOT))
         from bench.common import machine_info
         machine = machine_info()
     start = clock()
     report = dict(format=REPORT_FORMAT, format_version=REPORT_VERSION, complete=False, ok=False,
                   started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   budget_s=budget_s, seconds=0.0, within_budget=True, gpu=gpu.describe(),
-                  machine=machine, sizes=_jsonable(asdict(sizes)),
-                  sections={name: dict(title=sections[name][0], status="pending")
+                  machine=machine, sizes=_jsonable(asdict(sizes)), mmcv_ops=None,
+                  mmcv_kernels_proven=False,
+                  sections={name: dict(title=sections[name].title, needs=list(sections[name].needs),
+                                       limit_s=sections[name].limit_s, status="pending")
                             for name in chosen})
+
+    def mmcv_plan() -> dict:
+        if report["mmcv_ops"] is None:
+            report["mmcv_ops"] = _jsonable(plan_mmcv_ops(gpu.device.type))
+        return report["mmcv_ops"]
+
+    def save() -> None:
+        report["seconds"] = round(clock() - start, 2)
+        report["within_budget"] = report["seconds"] <= budget_s
+        atomic_write_json(out, _jsonable(report))
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, _jsonable(report))
-    with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch:
-        ctx = Context(gpu, sizes, Path(scratch), log)
+    save()
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch, _sigterm_as_interrupt():
         for name in chosen:
-            title, fn = sections[name]
-            entry = report["sections"][name]
-            elapsed = clock() - start
-            if elapsed > budget_s:
-                entry.update(status="skipped", reason=f"time budget of {budget_s:.0f} s spent "
-                                                      f"({elapsed:.0f} s)")
-                log(f"[gpu-check] {name}: skipped (budget spent)")
+            section, entry = sections[name], report["sections"][name]
+            left = budget_s - (clock() - start)
+            reason = unmet_needs(section.needs, gpu, mmcv_plan)
+            if reason is None and left < MIN_START_S:
+                reason = (f"the check's budget of {budget_s:.0f} s is spent "
+                          f"({budget_s - left:.0f} s elapsed)")
+            if reason is not None:
+                entry.update(status="skipped", reason=reason)
+                log(f"[gpu-check] {name}: skipped: {reason}")
+                save()
                 continue
-            log(f"[gpu-check] {name}: {title} ...")
+            limit = min(section.limit_s, left)
+            log(f"[gpu-check] {name}: {section.title} (limit {limit:.0f} s) ...")
             t0 = clock()
             try:
-                result = fn(ctx)
-                problems = list(result.pop("problems", []))
-                entry.update(status="failed" if problems else "ok", problems=problems,
-                             result=_jsonable(result))
-            except Exception as err:  # one broken path must not hide the others' figures
-                entry.update(status="error", error=f"{type(err).__name__}: {err}"[:2000],
-                             traceback=traceback.format_exc(limit=12))
+                if isolate:
+                    outcome = run_isolated(section, gpu, sizes, Path(scratch), limit, log)
+                else:
+                    outcome = section_outcome(section, Context(gpu, sizes, Path(scratch), log))
+            except KeyboardInterrupt:
+                entry.update(status="interrupted", seconds=round(clock() - t0, 2))
+                save()
+                raise
+            entry.update(outcome)
             entry["seconds"] = round(clock() - t0, 2)
+            if entry["status"] == "timed_out":
+                entry["reason"] = (f"stopped after {limit:.0f} s: " +
+                                   ("its own limit" if limit >= section.limit_s else
+                                    "what was left of the check's budget"))
             log(f"[gpu-check] {name}: {entry['status']} in {entry['seconds']:.1f} s"
                 + "".join(f"\n[gpu-check]   {p}" for p in entry.get("problems", []))
-                + (f"\n[gpu-check]   {entry['error']}" if "error" in entry else ""))
-            report["seconds"] = round(clock() - start, 2)
-            atomic_write_json(out, _jsonable(report))
-    report["seconds"] = round(clock() - start, 2)
-    report["within_budget"] = report["seconds"] <= budget_s
+                + "".join(f"\n[gpu-check]   {entry[k]}" for k in ("error", "reason") if k in entry))
+            save()
     report["complete"] = True
-    report["ok"] = all(e["status"] == "ok" for e in report["sections"].values())
-    report = _jsonable(report)
-    atomic_write_json(out, report)
-    return report
+    report["ok"] = not any(e["status"] in FAILED for e in report["sections"].values())
+    report["mmcv_kernels_proven"] = any(
+        e["status"] == "ok" and e.get("mmcv_ops", {}).get("proves_mmcv_kernels")
+        for e in report["sections"].values())
+    save()
+    return _jsonable(report)
+
+
+def exit_status(report: dict) -> int:
+    """0 when every section is ok or skipped, 1 when one failed, raised or timed out."""
+    return 0 if report["ok"] else 1
 
 
 def _jsonable(obj):
@@ -771,7 +1382,9 @@ def _jsonable(obj):
 
 def summary(report: dict, out: Path) -> dict:
     """The one JSON line tools/gpu_check.py prints: where the report is and how it went."""
+    ops = report.get("mmcv_ops") or {}
     return dict(report=str(out), ok=report["ok"], complete=report["complete"],
                 seconds=report["seconds"], within_budget=report["within_budget"],
-                gpu=report["gpu"].get("name"),
+                gpu=report["gpu"].get("name"), mmcv_ops=ops.get("kind"),
+                mmcv_kernels_proven=report["mmcv_kernels_proven"],
                 sections={k: v["status"] for k, v in report["sections"].items()})

@@ -10,10 +10,14 @@ The import is light: nothing of torch, timm, mmdet or mmseg is loaded until a mo
 one of the names below is used (they resolve on first access).
 """
 from importlib import import_module
+from importlib.util import find_spec
 
 from .registration import register_all
 
-register_all()
+# Without mmengine nothing can build from a config, so there is nothing to register; the
+# torch-only modules (inference, export, device, files, ...) still import.
+if find_spec("mmengine") is not None:
+    register_all()
 
 _EXPORTS = {
     "ARCH_SETTINGS": "backbone", "TinyViT": "backbone", "build_timm_tinyvit": "backbone",
