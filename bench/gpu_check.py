@@ -10,14 +10,14 @@ mmcv's nms and RoIAlign on the check's device, i.e. mmcv's compiled ops, or else
 stand-in on torchvision's kernels (:mod:`tinyvit_backbone.mmcv_standin`). The project's TinyViT
 module and everything built on it import mmengine, hence that need.
 
-==================  =====================================  =====  ===========================
+==================  =====================================  =====  ===============================
 section             needs                                  limit  measures
-==================  =====================================  =====  ===========================
+==================  =====================================  =====  ===============================
 mmcv_ops            cuda, mmengine, mmcv_ops               30 s   nms / RoIAlign on CUDA vs CPU
 backbone_amp        cuda, mmengine                         45 s   bf16 / fp16 AMP vs fp32
 fast_path           cuda, mmengine                         45 s   SDPA fast path vs plain
 classification      cuda, timm                             60 s   21M vs Swin-T img/s, 224 b256
-onnxruntime         onnx, onnxruntime                      60 s   every execution provider
+onnxruntime         timm, onnx, onnxruntime                90 s   every execution provider
 probe_extraction    cuda, mmengine                         45 s   extraction vs raw forward
 cdfsl               cuda, mmengine                         60 s   a fine-tuned episode on CUDA
 mocov3              cuda, mmengine                         75 s   loop vs raw forward, 21M/224
@@ -25,7 +25,7 @@ cascade             cuda, mmengine, mmdet, mmcv_ops        150 s  Cascade 21M vs
 distill             cuda, mmengine                         90 s   store vs supervised steps
 mask_rcnn           cuda, mmengine, mmdet, mmcv_ops        90 s   tools/train.py --amp
 upernet             cuda, mmengine, mmseg, mmcv_ops        90 s   tools/train.py --amp
-==================  =====================================  =====  ===========================
+==================  =====================================  =====  ===============================
 
 * ``mmcv_ops``: the nms and RoIAlign the detection sections will use, on CUDA tensors against
   the CPU (same kept boxes, max |diff| of the pooled features; RoIAlign also in fp16, what AMP
@@ -242,8 +242,8 @@ class Sizes:
     ort_model: str = "tiny_vit_5m_224"    # timm name; a small model, exported and run per provider
     ort_kwargs: dict = field(default_factory=dict)
     ort_size: int = 224
-    ort_batch: int = 8
-    ort_rounds: int = 5
+    ort_batch: int = 2
+    ort_rounds: int = 3
     cdfsl_arch: str | dict = "21m"
     cdfsl_size: int = 224
     cdfsl_epochs: int = 10                # of the recipe's 100: the rest is extrapolated
@@ -1096,7 +1096,7 @@ SECTIONS: dict[str, Section] = {s.name: s for s in (
     Section("classification", "classification throughput TinyViT-21M vs Swin-T",
             check_classification, ("cuda", "timm"), 60),
     Section("onnxruntime", "ONNX Runtime's execution providers vs torch", check_onnxruntime,
-            ("timm", "onnx", "onnxruntime"), 60),
+            ("timm", "onnx", "onnxruntime"), 90),  # CPU work: the export and its parity check
     Section("probe_extraction", "linear-probe feature extraction vs raw forward",
             check_probe_extraction, _MM, 45),
     Section("cdfsl", "a fine-tuned cdfsl episode on the GPU vs its bare steps", check_cdfsl, _MM, 60),

@@ -270,6 +270,20 @@ def test_a_real_section_runs_in_its_own_process(tmp_path):
     assert set(entry["result"]["img_s"]) == {"tinyvit-21m", "swin-t", "tinyvit-21m fast"}
 
 
+def test_the_module_docstring_lists_every_section_with_its_needs_and_limit():
+    import re
+
+    lines = gpu_check.__doc__.splitlines()
+    borders = [i for i, line in enumerate(lines) if line.startswith("=====")]
+    spans = [m.span() for m in re.finditer("=+", lines[borders[0]])]
+    rows = [[line[a:b].strip() if i < len(spans) - 1 else line[a:].strip()
+             for i, (a, b) in enumerate(spans)] for line in lines[borders[1] + 1:borders[2]]]
+    assert [r[0] for r in rows] == list(gpu_check.SECTIONS)
+    for name, needs, limit, _ in rows:
+        section = gpu_check.SECTIONS[name]
+        assert needs.split(", ") == list(section.needs) and limit == f"{section.limit_s:.0f} s", name
+
+
 # ----------------------------------------------------------------------- the command line
 def _python_without_openmmlab(tmp_path) -> Path:
     """A venv holding this environment's packages except mmengine, mmcv, mmdet and mmseg (and
