@@ -57,7 +57,8 @@ upernet             cuda, mmengine, mmseg, mmcv_ops        90 s   tools/train.py
 Which mmcv ops ran is in the report (``mmcv_ops``, and per section): compiled mmcv CUDA ops,
 compiled CPU ops, or the stand-in. A figure measured on the stand-in measures torchvision's
 kernels: its section says ``proves_mmcv_kernels: false``, and the report's
-``mmcv_kernels_proven`` stays false unless mmcv's own CUDA kernels passed.
+``mmcv_kernels_proven`` stays false unless mmcv's own compiled kernels (on a GPU: its CUDA
+kernels) ran a section that passed.
 
 Running: each section runs in its own process (its own CUDA context; a crash or an
 out-of-memory error stays there) and is stopped, with every process it started, when it runs
@@ -65,8 +66,9 @@ past its limit or past what is left of the check's budget (``--budget-s``, defau
 is then ``timed_out`` and the next section starts. No section starts once the budget is spent
 (``skipped``). Statuses: ``ok``; ``failed`` (numbers out of tolerance, ``problems`` lists
 them); ``error`` (it raised: the error and traceback; or its process died: the exit status and
-the last lines of its output); ``timed_out``; ``skipped`` (with ``reason``). The report is
-rewritten atomically after every section, so an interrupted run keeps what it measured.
+the last lines of its output); ``timed_out``; ``skipped`` (with ``reason``); ``interrupted``
+(Ctrl-C or SIGTERM stopped the check there). The report is rewritten atomically after every
+section, so an interrupted run keeps what it measured.
 
 The GPU-only calls go through :class:`Gpu`; without a GPU the check runs on :class:`CpuOnly`
 (the sections that need CUDA are skipped). The CPU test suite passes a stand-in :class:`Gpu`

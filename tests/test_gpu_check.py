@@ -8,6 +8,7 @@ runner tests are functions of this module: a section's own process imports them 
 import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -236,6 +237,32 @@ def test_the_budget_stops_a_section_before_its_own_limit(tmp_path, monkeypatch):
     entry = report["sections"]["stuck"]
     assert entry["status"] == "timed_out"
     assert entry["reason"] == "stopped after 15 s: what was left of the check's budget"
+
+
+def test_sigterm_stops_the_running_section_and_keeps_the_report(tmp_path):
+    """``timeout`` and batch schedulers end a run with SIGTERM: the section's processes go with
+    it, and the report says where the run stopped."""
+    pids, out = tmp_path / "pids", tmp_path / "report.json"
+    script = ("import sys; from pathlib import Path; from bench import gpu_check; "
+              "from tests.test_gpu_check import CpuStandIn, _sections, ok_section, stuck_section; "
+              "gpu_check.run_check(CpuStandIn(), gpu_check.Sizes.tiny(), Path(sys.argv[1]), "
+              "sections=_sections(('a', ok_section), ('stuck', stuck_section), ('c', ok_section)), "
+              "machine={}, log=lambda _: None)")
+    from bench.common import subprocess_env
+    check = subprocess.Popen([sys.executable, "-c", script, str(out)], cwd=ROOT,
+                             env=subprocess_env(ROOT, GPU_CHECK_TEST_PIDS=str(pids)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not pids.exists() and time.monotonic() < deadline and check.poll() is None:
+        time.sleep(0.2)
+    check.send_signal(signal.SIGTERM)
+    _, stderr = check.communicate(timeout=60)
+    assert "KeyboardInterrupt: stopped by signal SIGTERM" in stderr
+    section_pid, helper_pid = map(int, pids.read_text().split())
+    assert not _alive(section_pid) and not _alive(helper_pid)
+    report = json.loads(out.read_text())
+    assert [e["status"] for e in report["sections"].values()] == ["ok", "interrupted", "pending"]
+    assert report["complete"] is False
 
 
 def test_section_processes_keep_the_pythonpath(tmp_path, monkeypatch):
