@@ -16,19 +16,20 @@ same files with the same modification times. Values are hex SHA-256.
 
 **Why size and modification time, not the bytes.** Size alone missed an image replaced by
 another of the same size (the old features were reused: 100.00 top-1 where fresh features
-gave 66.67). Both remedies were measured on 100,000 files of 0.2-2 KB (110 MB, ext4, page
-cache warm, best of 3 interleaved rounds on a busy 2-core machine): one ``stat`` per file
-(size + ``st_mtime_ns``) took 4.3 us a file, the same as the size-only rule it replaces
-(4.2 us); SHA-256 of every file's bytes took 17 us a file (x4). On image-sized files (5,000 of
-20-200 KB) the hash took 123 us a file against 4.1 us (x30; hashing only the first 64 KiB:
-73 us), i.e. about 2.6 minutes for ImageNet-1k's 1.28 M training images from the page cache
-and far longer from a network file system, on every run, cache hits included, where ``stat``
-takes about 5 s. So the fingerprint uses ``stat`` (``bench/bench_fingerprint.py`` measures it
-again). Every ordinary way of changing a file (saving, copying, moving a new file in,
+gave 66.67). Both remedies were measured on 100,000 files of 0.2-2 KB (ext4, page cache warm,
+best of 3 interleaved rounds, on a 2-core machine shared with other jobs;
+``bench/bench_fingerprint.py``). The whole fingerprint with one ``stat`` per file (size and
+``st_mtime_ns``) took 1.81 s against 1.78 s for the size-only rule it replaces (+2%; +9% in a
+second run); hashing every file's bytes instead took 4.5 s (x2.5), and that is on tiny files:
+timed alone, a ``stat`` costs 4 us a file where SHA-256 costs 17 us on these files and 123 us
+on image-sized ones (20-200 KB; 73 us for their first 64 KiB only), i.e. about 2.6 minutes for
+ImageNet-1k's 1.28 M training images from the page cache, far longer from a network file
+system, on every run, cache hits included, where ``stat`` takes seconds. So the fingerprint
+uses ``stat``. Every ordinary way of changing a file (saving, copying, moving a new file in,
 downloading, unpacking another archive) gives it a new modification time. Deliberately not
-covered: a same-size file that also carries the old file's exact ``st_mtime_ns`` (``touch -r``,
-or a copy that keeps times, ``cp -p`` / ``rsync -a``, from a source with that very time) -
-rerun with another ``--cache-dir`` after such a swap. The price of the choice: a copy that
+covered: a same-size file that also carries the old file's exact ``st_mtime_ns`` (``touch
+-r``, or a copy that keeps times, ``cp -p`` / ``rsync -a``, from a source with that very time);
+after such a swap, rerun with another ``--cache-dir``. The price of the choice: a copy that
 does not keep modification times (``cp -r``) has another fingerprint, so the feature cache
 extracts it again and a logit store refuses it until it is copied keeping them (``cp -a``,
 ``rsync -a``).
