@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyvit_backbone.files import atomic_write_text
+from tinyvit_backbone.files import atomic_write_text, dumps_json
 
 from .paths import default_cache_dir
 
@@ -53,8 +53,8 @@ def cache_key(parts: dict) -> str:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temp file in the same folder, fsync, then rename over ``path``."""
-    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
+    """Write strict JSON to a temp file in the same folder, fsync, then rename over ``path``."""
+    atomic_write_text(path, dumps_json(obj, indent=1, default=str))
 
 
 class NonFiniteFeaturesError(ValueError):
