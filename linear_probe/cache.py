@@ -15,6 +15,11 @@ only when complete: extraction writes into ``<key[:20]>.partial/`` and renames i
 checkpointed there (``progress.json``, written after the memory maps are flushed), so an
 interrupted ImageNet extraction resumes where it stopped. A ``.lock`` file (``fcntl``)
 serialises two processes extracting the same entry.
+
+The dataset fingerprint notices changed image files by their size and modification time
+(:mod:`tinyvit_backbone.fingerprint` says why not by their bytes). Only finite features make a
+complete entry (``"finite": true`` in ``meta.json``): NaN or Inf rows, from broken weights, are
+refused and never marked complete, and an entry written before that rule is checked on load.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyvit_backbone.files import atomic_write_text
+from tinyvit_backbone.files import atomic_write_text, dumps_json
 
 from .paths import default_cache_dir
 
@@ -48,8 +53,19 @@ def cache_key(parts: dict) -> str:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temp file in the same folder, fsync, then rename over ``path``."""
-    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
+    """Write strict JSON to a temp file in the same folder, fsync, then rename over ``path``."""
+    atomic_write_text(path, dumps_json(obj, indent=1, default=str))
+
+
+class NonFiniteFeaturesError(ValueError):
+    """Features with NaN or Inf values (broken weights, an overflowing autocast): never cached
+    as complete; the message says which model, how many and what to do."""
+
+
+def count_non_finite_rows(features: np.ndarray, chunk_rows: int = 65536) -> int:
+    """Rows of ``features`` (n, d) holding a NaN or Inf, read in chunks (works on a memmap)."""
+    return sum(int((~np.isfinite(features[i:i + chunk_rows])).any(axis=1).sum())
+               for i in range(0, len(features), chunk_rows))
 
 
 @dataclass
@@ -98,6 +114,10 @@ class FeatureCache:
         except (OSError, ValueError):
             return None
         if feats.shape != (meta["n"], meta["dim"]) or len(labels) != meta["n"]:
+            return None
+        if not meta.get("finite") and count_non_finite_rows(feats):
+            # an entry from before finish() refused NaN / Inf: treat it as absent, so that the
+            # extraction runs again and refuses the model with the reason
             return None
         return CachedFeatures(feats, labels, meta, d, hit=True)
 
@@ -191,8 +211,14 @@ class CacheWriter:
             raise RuntimeError(f"cache entry incomplete: {self.done} of {self.n} rows")
         self.features.flush()
         self.labels.flush()
+        bad = count_non_finite_rows(self.features)
+        if bad:  # e.g. rows of a resumed entry that an older version wrote: never complete
+            raise NonFiniteFeaturesError(
+                f"{bad} of {self.n} feature rows in {self.partial} are NaN or Inf (model "
+                f"{canonical_json(self.parts.get('model'))[:200]}): the entry is not marked "
+                "complete. The weights are broken: evaluate another checkpoint")
         meta = {"key": self.key, "parts": self.parts, "n": self.n,
-                "dim": int(self.features.shape[1]), "complete": True,
+                "dim": int(self.features.shape[1]), "complete": True, "finite": True,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra_meta}
         write_json_atomic(self.partial / "meta.json", meta)
         (self.partial / "progress.json").unlink(missing_ok=True)

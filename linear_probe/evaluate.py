@@ -5,6 +5,7 @@ which runs all three for the wider suite (and the demo). The paper's own protoco
 :func:`linear_probe.mocov3.run_mocov3` and :func:`linear_probe.cdfsl.run_cdfsl`."""
 from __future__ import annotations
 
+import statistics
 import time
 import warnings
 from collections.abc import Sequence
@@ -249,7 +250,9 @@ def run_suite(
 
 
 def summarise(records: list[dict]) -> list[str]:
-    """Human-readable lines: one per linear probe / episode record, k-shot as mean ± std."""
+    """Human-readable lines: one per linear probe / episode record, k-shot as mean ± the
+    sample standard deviation over seeds (n - 1, as the k-shot tables print it; none for one
+    seed)."""
     lines = []
     by_k: dict[tuple, list[float]] = {}
     for r in records:
@@ -264,8 +267,11 @@ def summarise(records: list[dict]) -> list[str]:
             wd = "" if r.get("weight_decay") is None else f" (weight decay {r['weight_decay']:.2g})"
             lines.append(f"{where} linear probe: {r['metric']} {value:.2f}{wd}")
     for (where, k, metric), values in by_k.items():
-        lines.append(f"{where} {k}-shot: {metric} {np.mean(values):.2f} ± "
-                     f"{np.std(values):.2f} over {len(values)} seeds")
+        if len(values) > 1:
+            spread = f" ± {statistics.stdev(values):.2f} (sample std over {len(values)} seeds)"
+        else:
+            spread = " (1 seed, no std)"
+        lines.append(f"{where} {k}-shot: {metric} {statistics.fmean(values):.2f}{spread}")
     return lines
 
 

@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -19,9 +20,9 @@ from tinyvit_backbone.fingerprint import dataset_fingerprint
 from tinyvit_backbone.progress import progress_bar
 
 from .backbones import FeatureExtractor, ModelSpec, build_extractor
-from .cache import CachedFeatures, FeatureCache
+from .cache import CachedFeatures, FeatureCache, NonFiniteFeaturesError
 from .device import autocast_dtype, select_device
-from .loaders import class_names, load_split
+from .loaders import check_split_classes, class_names, load_split
 from .preprocessing import Preprocessed, Preprocessing, dataset_preprocessing
 from .registry import DatasetSpec, dataset_spec
 
@@ -79,6 +80,20 @@ def prefetched(batches, depth: int = 2):
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+def _non_finite_message(feats: np.ndarray, row: int, model: str, where: str,
+                        amp_dtype: torch.dtype | None) -> str:
+    bad = ~np.isfinite(feats)
+    rows = int(bad.any(axis=1).sum())
+    first = row + int(np.flatnonzero(bad.any(axis=1))[0])
+    amp = (f" If the weights are sound, the {str(amp_dtype).removeprefix('torch.')} autocast "
+           "may overflow: rerun with --no-amp." if amp_dtype is not None else "")
+    return (f"{model} gives non-finite features on {where}: {rows} of images {row}..."
+            f"{row + len(feats) - 1} (first: image {first}) have NaN or Inf values "
+            f"({int(np.isnan(feats).sum())} NaN, {int(np.isinf(feats).sum())} Inf of "
+            f"{feats.size}). The weights are broken (e.g. saved from a training run that "
+            f"diverged): evaluate another checkpoint. Nothing was cached as complete.{amp}")
 
 
 @dataclass
@@ -156,11 +171,17 @@ def extract_splits(
     out: dict[str, CachedFeatures] = {}
     seconds: dict[str, float] = {}
     start_all = time.perf_counter()
-    for split in splits:
+    raws, load_s = {}, {}
+    for split in splits:  # all first: each split's classes are checked before any extraction
         t0 = time.perf_counter()
-        raw = load_split(info, split, data_root, size)
-        if len(raw) == 0:
+        raws[split] = load_split(info, split, data_root, size)
+        load_s[split] = time.perf_counter() - t0
+        if len(raws[split]) == 0:
             raise ValueError(f"{info.name}/{split} has no images")
+    _check_classes(info, raws)
+    for split in splits:
+        t0 = time.perf_counter() - load_s[split]
+        raw = raws[split]
         parts = key_parts(spec, info, split, dataset_fingerprint(raw), prep.description, feature_layer,
                           amp_dtype)
         entry = cache.load(parts)
@@ -172,10 +193,26 @@ def extract_splits(
                         extractor = build_extractor(spec, feature_layer, device,
                                                     backend=backend, image_size=size)
                     entry = _extract_one(extractor, cache, parts, raw, prep, info, split,
-                                         batch_size, workers, device, amp_dtype, progress)
+                                         batch_size, workers, device, amp_dtype, progress,
+                                         _model_words(spec))
         out[split] = entry
         seconds[split] = time.perf_counter() - t0
     return Extraction(out, info, size, prep.description, time.perf_counter() - start_all, seconds)
+
+
+def _check_classes(info: DatasetSpec, raws: dict) -> None:
+    """Refuse a split whose class names differ from the training split's, when both are
+    extracted (a reader that takes each split's classes from that split, such as DTD's or
+    Food-101's split files, would otherwise number them differently)."""
+    reference = class_names(raws[info.train_split]) if info.train_split in raws else None
+    if reference is None or info.multilabel:
+        return
+    for split, raw in raws.items():
+        if split != info.train_split and class_names(raw) is not None:
+            check_split_classes(reference, class_names(raw), f"{info.name}/{split}",
+                                f"{info.name}/{info.train_split}",
+                                "the dataset's files on disk are inconsistent: download or "
+                                "extract it again")
 
 
 def preprocessed_batches(spec: ModelSpec, dataset: str, split: str, image_size: int | None,
@@ -197,8 +234,13 @@ def _preprocessing(info: DatasetSpec, data_config: dict, style: str | None) -> P
     return eval_preprocessing(style, data_config)
 
 
+def _model_words(spec: ModelSpec) -> str:
+    weights = f"weights {spec.weights}" if spec.weights else f"random init (seed {spec.init_seed})"
+    return f"{spec.display_label()} ({weights})"
+
+
 def _extract_one(extractor, cache, parts, raw, prep, info, split, batch_size, workers,
-                 device, amp_dtype, progress) -> CachedFeatures:
+                 device, amp_dtype, progress, model: str) -> CachedFeatures:
     n = len(raw)
     writer = cache.writer(parts, n)
     data = Preprocessed(raw, prep.transform)
@@ -224,7 +266,13 @@ def _extract_one(extractor, cache, parts, raw, prep, info, split, batch_size, wo
         with torch.inference_mode(), autocast:
             for images, targets in batches:
                 feats = extractor(prep.normalise(images.to(device, non_blocking=True)))
-                writer.write(row, feats.float().cpu().numpy(), targets.numpy())
+                feats = feats.float().cpu().numpy()
+                if not np.isfinite(feats).all():
+                    # refused before it reaches the cache: NaN features would make every fit
+                    # fail far from the cause, or score silently at chance
+                    raise NonFiniteFeaturesError(_non_finite_message(
+                        feats, row, model, f"{info.name}/{split}", amp_dtype))
+                writer.write(row, feats, targets.numpy())
                 row += len(images)
                 bar.update(len(images))
     except BaseException:

@@ -91,6 +91,14 @@ def sample_episodes(labels, n_way: int, k: int, n_query: int = CDFSL_QUERIES,
     if labels.ndim != 1:
         raise FewShotError("episodes need single-label data; this dataset is multi-label")
     classes, counts = np.unique(labels, return_counts=True)
+    if n_way < 2:
+        raise FewShotError(f"{n_way}-way episodes are degenerate (one class scores 100% "
+                           "whatever the features): use --n-way 2 or more (cdfsl: 5)")
+    if len(classes) < 2:
+        found = (f"a single class, {_class_name(int(classes[0]), class_names)}" if len(classes)
+                 else "no images")
+        raise FewShotError(f"the data has {found}: episodes need two classes or more; use data "
+                           "with more classes")
     if len(classes) < n_way:
         raise FewShotError(f"{n_way}-way episodes need {n_way} classes; the data has "
                            f"{len(classes)}. Use --n-way {len(classes)} or less.")

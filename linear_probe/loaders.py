@@ -22,6 +22,51 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset is not on disk; the message gives the expected path and how to get it."""
 
 
+class DatasetClassesError(ValueError):
+    """A split's classes cannot be used as they are (they differ from the training split's,
+    or there is only one); the message lists them and says what to fix."""
+
+
+class UnreadableImageError(OSError):
+    """An image file that cannot be decoded (truncated, damaged); the message names the file.
+
+    A DataLoader worker re-raises an error in the main process as ``type(err)(text)``, the text
+    being "Caught ... Original Traceback ..." and the formatted traceback; the constructor keeps
+    only this error's own message from it, so the command line prints one clean line."""
+
+    def __init__(self, message: str):
+        marker = f"{type(self).__name__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message.rstrip().rsplit(marker, 1)[-1]
+        super().__init__(message)
+
+
+def check_split_classes(reference: list[str], found: list[str], where: str,
+                        reference_where: str, fix: str) -> None:
+    """Refuse a split whose class names differ from the training split's: labels are indices
+    into the training split's class list, so a missing or extra class would shift them."""
+    if list(found) == list(reference):
+        return
+    missing = [c for c in reference if c not in set(found)]
+    extra = [c for c in found if c not in set(reference)]
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} of the training classes: {_names(missing)}")
+    if extra:
+        parts.append(f"{len(extra)} classes training does not have: {_names(extra)}")
+    if not parts:
+        parts.append("the same classes in another order")
+    raise DatasetClassesError(
+        f"{where} has other classes than {reference_where} ({'; '.join(parts)}). Every split "
+        f"needs the training split's classes, or the labels would not mean the same class: "
+        f"{fix}")
+
+
+def _names(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
 # --------------------------------------------------------------------------- CSV layouts
 class CsvImages(Dataset):
     """Images listed in a CSV (cdfsl's ISIC2018 and ChestX readers). ``resize`` (pixels,
@@ -73,11 +118,25 @@ def chestx(d: Path, split: str, image_size) -> Dataset:
 
 
 # --------------------------------------------------------------------------- folders
-def image_folder(sub: str | None = None) -> Callable:
-    """Reader of ``<dir>/<sub>/<class>/<image>`` (``sub`` None: the split's name)."""
+def image_folder(sub: str | None = None, reference_split: str = "train") -> Callable:
+    """Reader of ``<dir>/<sub>/<class>/<image>`` (``sub`` None: the split's name).
+
+    Class indices are positions in the sorted class-folder names of ``reference_split`` (the
+    training split), for every split: a split whose class folders differ from the training
+    split's is refused (:func:`check_split_classes`), since torchvision's ``ImageFolder``
+    numbers each folder's classes on its own and one missing folder would shift the labels of
+    every class after it."""
     def build(d: Path, split: str, image_size) -> Dataset:
         from torchvision.datasets import ImageFolder
-        return ImageFolder(str(d / (sub if sub is not None else split)))
+        from torchvision.datasets.folder import find_classes
+        folder = d / (sub if sub is not None else split)
+        reference = d / reference_split
+        if sub is None and split != reference_split and reference.is_dir():
+            check_split_classes(find_classes(str(reference))[0], find_classes(str(folder))[0],
+                                f"{folder}", f"{reference}",
+                                f"give {folder} one folder per class of {reference}, with "
+                                "the same names")
+        return ImageFolder(str(folder))
     return build
 
 
@@ -201,10 +260,36 @@ def subset(base: Dataset, indices) -> Subset:
 
 
 def concat(parts: list[Dataset]) -> ConcatDataset:
-    """``ConcatDataset`` that keeps the first part's ``classes``."""
+    """``ConcatDataset`` that keeps the first part's ``classes``; the parts must name the same
+    classes (each part's labels index its own list)."""
+    first = class_names(parts[0])
+    for part in parts[1:]:
+        if first is not None and class_names(part) is not None:
+            check_split_classes(first, class_names(part), f"part {type(part).__name__} of a "
+                                "joined split", "its first part", "the dataset's split files "
+                                "are incomplete: download the dataset again")
     cat = ConcatDataset(parts)
     cat.classes = getattr(parts[0], "classes", None)
     return cat
+
+
+def sample_path(ds: Dataset, i: int) -> str | None:
+    """The file row ``i`` of ``ds`` is read from, where the dataset keeps its file list
+    (ImageFolder, the CSV readers, torchvision's datasets; through ``Subset`` /
+    ``ConcatDataset``), else None."""
+    import bisect
+    if isinstance(ds, Subset):
+        return sample_path(ds.dataset, int(ds.indices[i]))
+    if isinstance(ds, ConcatDataset):
+        part = bisect.bisect_right(ds.cumulative_sizes, i)
+        return sample_path(ds.datasets[part], i - (ds.cumulative_sizes[part - 1] if part else 0))
+    for attr in ("samples", "_samples", "files", "_image_files", "_images", "images"):
+        items = getattr(ds, attr, None)
+        if isinstance(items, (list, tuple)) and len(items) == len(ds):
+            item = items[i]
+            return str(item[0] if isinstance(item, tuple) else item)
+    base = getattr(ds, "base", None)
+    return sample_path(base, i) if isinstance(base, Dataset) else None
 
 
 def dataset_labels(ds: Dataset) -> np.ndarray:
@@ -245,10 +330,20 @@ def load_split(spec, split: str, data_root=None, image_size: int | None = None) 
         raise DatasetNotFoundError(f"{spec.title} ({spec.name}) not found: expected {missing}. "
                                    + how_to_get(spec, data_root))
     try:
-        return spec.build(spec.directory(data_root), split, image_size)
+        ds = spec.build(spec.directory(data_root), split, image_size)
     except DatasetNotFoundError:
         raise
     except (RuntimeError, FileNotFoundError, OSError) as err:
         raise DatasetNotFoundError(
             f"{spec.title} ({spec.name}) under {spec.directory(data_root)} is incomplete or "
             f"corrupt ({type(err).__name__}: {err}). " + how_to_get(spec, data_root)) from err
+    names = class_names(ds)
+    if split == spec.train_split and not spec.multilabel and names is not None and len(names) < 2:
+        fix = (f"give {spec.directory(data_root)}/{split} one folder per class"
+               if spec.user_folder else "check the dataset on disk")
+        what = spec.name if spec.title == spec.name else f"{spec.title} ({spec.name})"
+        raise DatasetClassesError(
+            f"{what} {split} split has a single class ({_names(names)}, "
+            f"{len(ds)} images): a classifier of one class scores 100% on anything, so there "
+            f"is nothing to measure. Use data with two classes or more: {fix}")
+    return ds

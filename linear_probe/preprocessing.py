@@ -125,10 +125,28 @@ class Preprocessed(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int):
-        img, target = self.base[i]
+        try:
+            img, target = self.base[i]
+            pixels = self.transform(img)
+        except OSError as err:  # PIL: truncated or damaged file, a message without its name
+            raise unreadable(self.base, i, err) from err
         if isinstance(target, np.ndarray):  # multi-label vector
-            return self.transform(img), torch_from_numpy(target)
-        return self.transform(img), int(target)  # ints collate far faster than NumPy scalars
+            return pixels, torch_from_numpy(target)
+        return pixels, int(target)  # ints collate far faster than NumPy scalars
+
+
+def unreadable(ds: Dataset, i: int, err: OSError) -> OSError:
+    """The error to raise for row ``i`` of ``ds`` that could not be read: one that names the
+    file and the fix (``err`` itself when it already is one, or is no image problem)."""
+    from .loaders import UnreadableImageError, sample_path
+    if isinstance(err, (UnreadableImageError, FileNotFoundError, PermissionError)):
+        return err
+    path = sample_path(ds, i)
+    where = f"image {path}" if path else f"image {i} of {type(ds).__name__}"
+    return UnreadableImageError(
+        f"cannot read {where}: {err}. The file is damaged or cut short (e.g. by an interrupted "
+        "download or copy): replace it with a good copy, e.g. by downloading the dataset "
+        "again, or delete it, then rerun")
 
 
 def augmentation_seed(seed: int, epoch: int, index: int) -> int:

@@ -41,6 +41,8 @@ from .device import cpu_threads, same_device, threads_for
 
 DEFAULT_TOL = 1e-4  # max |gradient| at convergence: scikit-learn's default `tol` for lbfgs
 DEFAULT_MAX_ITER = 1000  # the CLIP protocol's max_iter
+NON_FINITE = ("the features hold NaN or Inf values, which no classifier can be fitted on; they "
+              "come from broken weights: evaluate another checkpoint")
 
 
 def weight_decay_to_C(weight_decay: float, n: int) -> float:
@@ -239,6 +241,8 @@ def fit_lbfgs(
     if batched:
         X = X.to(device, dtype)
         y = y.to(device)
+        if not torch.isfinite(X).all():
+            raise ValueError(NON_FINITE)
     else:
         X = place_features(X, device)
         y = _as_device_tensor(y, device, dtype)
@@ -310,6 +314,8 @@ def standardisation(X, chunk_rows: int = 65536) -> tuple[torch.Tensor, torch.Ten
             else X[start:start + chunk_rows].double().cpu().numpy()
         s += c.sum(0)
         ss += (c * c).sum(0)
+    if not (np.isfinite(s).all() and np.isfinite(ss).all()):
+        raise ValueError(NON_FINITE)
     mean = s / n
     var = np.maximum(ss / n - mean * mean, 0.0)
     std = np.sqrt(var)

@@ -113,7 +113,7 @@ def binary_grid_search(evaluate: Callable[[int], float], n_points: int,
 class SweepResult:
     weight_decay: float
     head: LinearHead
-    val_score: float
+    val_score: float | None  # None when the weight decay was fixed (no search)
     val_scores: dict[float, float] = field(default_factory=dict)  # grid value (C or lambda) -> val
     grid: str | None = None
     C: float | None = None  # the chosen C on the clip grid
@@ -231,7 +231,7 @@ def sweep_weight_decay(
         if fixed_weight_decay is None:
             raise ValueError("no validation rows could be carved from the training data (every "
                              "class has a single sample); pass a fixed weight decay")
-        wd, best_score = float(fixed_weight_decay), float("nan")
+        wd, best_score = float(fixed_weight_decay), None  # no search: no val score
     sweep_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     X_all, shift, scale = _normalisation(X, feature_norm)

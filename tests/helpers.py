@@ -1,5 +1,5 @@
-"""Data the distillation tests share: an ImageFolder of real digit scans, a tiny teacher, and a
-recorder of every byte range a store writer writes.
+"""Data the tests share: an ImageFolder of real digit scans, one of coloured squares, a tiny
+teacher, and a recorder of every byte range a store writer writes.
 
 ``python -m tests.helpers trace-writes LOG_DIR -- <distill arguments>`` runs the distillation
 CLI (also under torchrun) with every ``pwrite`` into an epoch file logged to
@@ -25,6 +25,34 @@ def write_digit_folder(root: Path, count: int) -> Path:
         (root / str(label)).mkdir(parents=True, exist_ok=True)
         img.save(root / str(label) / f"{i:04d}.png")
     return root
+
+
+COLOURS = {"c0": (200, 40, 40), "c1": (40, 200, 40), "c2": (40, 40, 200)}
+
+
+def write_colour_folder(root: Path, splits=(("train", 6), ("test", 2)), classes=tuple(COLOURS),
+                        size: int = 16, seed: int = 0) -> Path:
+    """``root/<split>/<class>/<i>.bmp``: squares of the class's colour with a little seeded
+    noise, which even a random network's features tell apart. BMP files of one size all have
+    the same byte size, so an image can be swapped for another of the same size."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for split, count in splits:
+        for name in classes:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                write_colour_image(root / split / name / f"{i}.bmp", COLOURS[name], size, rng)
+    return root
+
+
+def write_colour_image(path: Path, colour, size: int = 16, rng=None) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = rng if rng is not None else np.random.default_rng(0)
+    pixels = np.clip(np.array(colour)[None, None] + rng.integers(-15, 16, (size, size, 3)), 0, 255)
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
 
 
 def write_test_teacher(path: Path) -> Path:

@@ -244,3 +244,60 @@ def test_lock_refuses_a_second_writer_and_a_killed_writer_leaves_none(tmp_path):
         proc.wait()
     assert (root / LOCK_FILE).exists()
     WriterLock(root).acquire().release()
+
+
+def test_dataset_fingerprint_notices_same_size_swaps_and_keeps_older_stores(tmp_path):
+    """The ImageFolder fingerprint hashed file sizes only: a store accepted data whose images
+    had been swapped for others of the same size. Stores that recorded the size-only digest
+    keep opening (and resuming) on the files they were made from."""
+    import time
+    from dataclasses import replace
+
+    from tests.helpers import COLOURS, write_colour_folder, write_colour_image
+    from tinyvit_backbone.distill.datasets import check_same_dataset, open_dataset
+    from tinyvit_backbone.distill.errors import DistillError
+    from tinyvit_backbone.distill.save_logits import _older_fingerprint
+
+    root = write_colour_folder(tmp_path / "data", splits=(("train", 3),))
+    past = time.time() - 3600
+    for path in root.rglob("*.bmp"):
+        os.utime(path, (past, past))
+    _, made = open_dataset(str(root / "train"))
+    stored = made.to_dict()
+    check_same_dataset(stored, open_dataset(str(root / "train"))[1], "store s")
+
+    swapped = root / "train" / "c0" / "1.bmp"
+    size = swapped.stat().st_size
+    write_colour_image(swapped, COLOURS["c2"])
+    assert swapped.stat().st_size == size
+    _, now = open_dataset(str(root / "train"))
+    assert now.legacy_fingerprint == made.legacy_fingerprint  # the sizes did not change
+    with pytest.raises(DistillError, match=r"store s was made from dataset .* pass the same "
+                                           r"dataset .*size and modification time.*rsync -a"):
+        check_same_dataset(stored, now, "store s")
+
+    # a store from before: its size-only digest still matches the files it was made from
+    os.utime(swapped, (past, past))
+    write_colour_folder(tmp_path / "data", splits=(("train", 3),))  # the original pixels back
+    for path in root.rglob("*.bmp"):
+        os.utime(path, (past, past))
+    _, same = open_dataset(str(root / "train"))
+    older = dict(stored, fingerprint=made.legacy_fingerprint)
+    with pytest.warns(UserWarning, match="older size-only dataset fingerprint"):
+        check_same_dataset(older, same, "store s")
+    teacher = dict(model="test_resnet", model_kwargs={}, checkpoint="t.pth",
+                   checkpoint_sha256="0" * 64, num_classes=3, mean=[0.5] * 3, std=[0.5] * 3)
+
+    def store_manifest(info):
+        return build_manifest(teacher, info, AugConfig(image_size=16), SaveSettings(
+            topk=2, epochs=1, batch_size=4, block_bytes=4096))
+
+    LogitStore.create(tmp_path / "s", store_manifest(replace(same, fingerprint=older["fingerprint"])))
+    with pytest.raises(StoreError, match="dataset.fingerprint"):
+        LogitStore.create(tmp_path / "s", store_manifest(same))
+    said = []
+    resumed = _older_fingerprint(str(tmp_path / "s"), same, said.append)
+    assert resumed.fingerprint == made.legacy_fingerprint and "resuming it" in said[0]
+    LogitStore.create(tmp_path / "s", store_manifest(resumed))
+    other = replace(same, legacy_fingerprint="0" * 64)  # files the store was not made from
+    assert _older_fingerprint(str(tmp_path / "s"), other, said.append) is other

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -46,9 +45,11 @@ def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
 
 
 def emit_json(result: Any, stream=None) -> None:
-    """Print the run's one JSON result."""
+    """Print the run's one JSON result, strict JSON (an undefined number is ``null``)."""
+    from .files import dumps_json
+
     stream = sys.stdout if stream is None else stream
-    stream.write(json.dumps(result, indent=2, default=str) + "\n")
+    stream.write(dumps_json(result, indent=2, default=str) + "\n")
     stream.flush()
 
 

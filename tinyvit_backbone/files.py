@@ -4,11 +4,16 @@ is ever left under a final name.
 Each writer writes a temporary file in the destination folder (same file system), flushes it to
 disk, gives it the permissions a plain ``open()`` would (``mkstemp`` makes files private), then
 ``os.replace``s it over the final name, which is atomic on POSIX and Windows.
+
+JSON goes out strict (:func:`dumps_json`): Python's ``json`` writes ``NaN`` and ``Infinity``,
+which are not JSON and which strict parsers (``jq``, JavaScript, Go, Rust's serde) reject, so an
+undefined number is written as ``null``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -50,9 +55,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-Inf, NumPy's included) replaced by None and
+    NumPy scalars / arrays turned into Python numbers / lists; containers are copied, anything
+    else is returned as is."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(value) for value in obj]
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
+        return json_safe(obj.tolist())
+    return obj
+
+
+def dumps_json(obj: Any, **kwargs) -> str:
+    """``json.dumps`` that writes strict JSON: undefined numbers as ``null`` (:func:`json_safe`)."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented UTF-8 JSON (keys in insertion order) atomically."""
-    data = (json.dumps(obj, indent=2) + "\n").encode()
+    """Write ``obj`` as indented UTF-8 strict JSON (keys in insertion order) atomically."""
+    data = (dumps_json(obj, indent=2) + "\n").encode()
     atomic_write(path, lambda f: f.write(data))
 
 

@@ -29,13 +29,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..files import read_json
 from ..progress import progress_bar
-from .datasets import DatasetInfo
+from .datasets import DatasetInfo, matches_legacy
 from .errors import StoreError
 from .integrity import bad_positions, human_bytes, scan_store
 from .layout import BLOCK_BYTES, assign_blocks
 from .lock import WriterLock
-from .manifest import describe_store_format
+from .manifest import MANIFEST, describe_store_format
 from .record import DEFAULT_VALUE_FORMAT, RecordFormat
 from .replay import AugConfig, ReplayDataset, epoch_batches, replay_loader
 from .runtime import (
@@ -136,6 +137,21 @@ def _on_main(env: DistEnv, device: torch.device, fn: Callable[[], object]):
 
 
 @torch.no_grad()
+def _older_fingerprint(store_dir: str, data: DatasetInfo, log: Callable[[str], None]) -> DatasetInfo:
+    """``data`` with the size-only fingerprint when it resumes a store written before file
+    modification times were hashed, on the same files (so the store keeps its identity)."""
+    try:
+        stored = read_json(os.path.join(store_dir, MANIFEST), "store manifest").get("dataset")
+    except (ValueError, AttributeError):
+        return data
+    if not isinstance(stored, dict) or not matches_legacy(stored, data):
+        return data
+    log(f"store {store_dir!r} records the older size-only dataset fingerprint, which these "
+        "files match: resuming it (an image replaced by another of the same size would go "
+        "unnoticed for this store)")
+    return replace(data, fingerprint=data.legacy_fingerprint)
+
+
 def save_logits(store_dir: str, teacher: Teacher, teacher_info: dict, dataset: Dataset,
                 data: DatasetInfo, aug: AugConfig, settings: SaveSettings, *,
                 device: torch.device, amp_dtype: torch.dtype | None = None,
@@ -156,8 +172,9 @@ def save_logits(store_dir: str, teacher: Teacher, teacher_info: dict, dataset: D
     """
     env = env or DistEnv()
     settings = replace(settings, amp=str(amp_dtype).removeprefix("torch.") if amp_dtype else None)
-    manifest = build_manifest(teacher_info, data, aug, settings)
     log = log if env.is_main else (lambda _: None)
+    data = _older_fingerprint(store_dir, data, log)
+    manifest = build_manifest(teacher_info, data, aug, settings)
     lock = WriterLock(store_dir)
     _on_main(env, device, lock.acquire)
     try:
