@@ -235,7 +235,7 @@ def _gpu_count() -> int:
 def preflight_table6(configs: Sequence[str], gpus: int, gpu_count: int) -> list[str]:
     """What stops the Table 6 trainings before they start: too few GPUs, or the COCO files the
     configs read (each problem with the command or download that fixes it)."""
-    from tinyvit_backbone.config_data import data_problem
+    from tinyvit_backbone.config_data import data_problem, missing_data
 
     from .run_config import ConfigError, load_config
 
@@ -252,13 +252,18 @@ def preflight_table6(configs: Sequence[str], gpus: int, gpu_count: int) -> list[
             f"--gpus {gpus}: torch sees {gpu_count} GPU(s) here. Give --gpus {gpu_count} (2 images "
             f"per GPU: a total batch of {2 * gpu_count} instead of the recipe's 16), or run on a "
             f"machine with {gpus} GPUs")
+    # configs missing the same files (the three Table 6 runs share COCO) make one message
+    same: dict[tuple, tuple[dict, list[str]]] = {}
     for config in configs:
         try:
-            problem = data_problem(load_config(config), config=os.path.basename(config))
+            cfg = load_config(config)
         except ConfigError as err:
-            problem = str(err)
-        if problem and problem not in problems:
-            problems.append(problem)
+            problems.append(str(err))
+            continue
+        gap = tuple(missing_data(cfg))
+        if gap:
+            same.setdefault(gap, (cfg, []))[1].append(os.path.basename(config))
+    problems += [data_problem(cfg, config=", ".join(names)) for cfg, names in same.values()]
     return problems
 
 

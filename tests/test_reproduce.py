@@ -95,7 +95,9 @@ def test_table6_train_checks_gpus_and_coco_before_starting_anything(tmp_path, mo
     assert "--gpus 8: torch sees no GPU on this machine" in err
     assert "tools/train.py det_configs/cascade_tinyvit21m.py --embedded" in err
     assert "data/coco/annotations/instances_train2017.json" in err
-    assert "python -m linear_probe download --dataset coco --data-root data" in err
+    assert err.count("python -m linear_probe download --dataset coco --data-root data") == 1
+    assert ("the dataset of cascade_swin-t_1x.py, cascade_tinyvit21m_in1k.py, "
+            "cascade_tinyvit21m.py is not in place") in err
     assert "Traceback" not in err and not (tmp_path / "work_dirs").exists()
 
     monkeypatch.setattr(rr, "_gpu_count", lambda: 2)
@@ -109,10 +111,11 @@ def test_table6_work_dir_that_does_not_exist(tmp_path, monkeypatch, capsys):
     """Without --train a missing --work-dirs is an error; with --train it is created for the
     runs (and said so)."""
     monkeypatch.chdir(tmp_path)
+    assert reproduce_cli.main(["table6", "--out", "t6"]) == 0  # the default need not exist
+    assert "missing" in json.loads(capsys.readouterr().out)
     assert reproduce_cli.main(["table6", "--work-dirs", "nowhere", "--out", "t6"]) == 2
     err = capsys.readouterr().err
     assert "error: --work-dirs: nowhere not found" in err and "add --train" in err
-    assert not (tmp_path / "t6").exists()
     _fake_coco(tmp_path)
     finished = FIX / "work_dirs" / "cascade-mask-rcnn_tinyvit-21m_fpn_1x_coco"
 

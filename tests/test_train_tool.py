@@ -86,12 +86,12 @@ def test_missing_dataset_is_named_before_anything_starts(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         train_tool.main([str(ROOT / config)])
-    message = str(exit_info.value)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
     assert message.startswith(f"error: the dataset of {ROOT / config} is not in place")
     assert path in message
     assert f"python -m linear_probe download --dataset {dataset} --data-root data" in message
-    assert not (tmp_path / "work_dirs").exists()
-    assert "Config:" not in capsys.readouterr().err
+    assert not (tmp_path / "work_dirs").exists() and "Config:" not in message
 
 
 def test_embedded_names_follow_the_arch(tmp_path):

@@ -49,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     small.add_argument("--image-size", type=int, help="instead of 224")
     add_runtime_flags(t5, workers=None)
     t6 = sub.add_parser("table6", help="the three Cascade Mask R-CNN 1x COCO runs")
-    t6.add_argument("--work-dirs", nargs="*", default=["work_dirs"],
-                    help="mmengine work dirs, or folders holding them (default work_dirs); "
-                         "with --train the runs are trained into the first, created if missing")
+    t6.add_argument("--work-dirs", nargs="*", default=None, metavar="DIR",
+                    help="mmengine work dirs, or folders holding them (default work_dirs, if it "
+                         "exists); with --train the runs are trained into the first, created "
+                         "if missing")
     t6.add_argument("--out", default="results/table6",
                     help="folder for table6.md, table6.csv and summary.json (default "
                          "results/table6)")
@@ -81,7 +82,10 @@ def cmd_table5(args, command: str | None = None):
 def cmd_table6(args):
     from reproduction.reproduce import reproduce_table6
 
-    return reproduce_table6(args.work_dirs, args.out, train=args.train, config_root=ROOT,
+    work_dirs = args.work_dirs
+    if work_dirs is None:  # only a folder named on the command line must exist
+        work_dirs = ["work_dirs"] if args.train or os.path.isdir("work_dirs") else []
+    return reproduce_table6(work_dirs, args.out, train=args.train, config_root=ROOT,
                             gpus=args.gpus)
 
 

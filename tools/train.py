@@ -141,7 +141,8 @@ def check_data(cfg, config: str) -> None:
 
     problem = data_problem(cfg, config=config)
     if problem is not None:
-        raise SystemExit(f"error: {problem}")
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
 
 
 def final_evaluation_hook():
