@@ -158,3 +158,28 @@ def test_resume_after_the_last_iteration_evaluates_and_checkpoints_are_small(tmp
     assert train_tool.main([*argv, "--resume"]) == 0
     second = sorted(glob.glob(str(wd / "2*_*")))[-1]
     assert second != first and len(evaluations(second)) == 1
+
+
+def test_runner_from_cfg_checks_the_data_as_mim_runs_it(tmp_path, monkeypatch, capsys):
+    """`mim train` runs mmdet's own tools/train.py, which builds the Runner from the config:
+    the plugin's check there stops it before the work dir or the config dump, with the
+    message alone under a train.py / test.py script (no traceback) and an exception elsewhere."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from tinyvit_backbone.config_data import DatasetNotInPlaceError, install_runner_check
+    install_runner_check()
+    install_runner_check()  # idempotent: one check, not two wrapped in each other
+    monkeypatch.chdir(tmp_path)
+    cfg = Config.fromfile(CONFIG)
+    cfg.work_dir = str(tmp_path / "w")
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    with pytest.raises(DatasetNotInPlaceError, match="data/coco/annotations/instances_val2017.json"):
+        Runner.from_cfg(cfg)
+    monkeypatch.setattr(sys, "argv", ["/site-packages/mmdet/.mim/tools/train.py", CONFIG])
+    with pytest.raises(SystemExit) as exit_info:
+        Runner.from_cfg(cfg)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: the dataset of" in err and "instances_train2017.json" in err and "Traceback" not in err
+    assert "--dataset coco --data-root data" in err and not (tmp_path / "w").exists()
