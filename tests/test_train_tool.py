@@ -55,8 +55,8 @@ def test_help_is_whole_and_every_option_explained(capsys):
         assert action.help, f"{action.option_strings or action.dest} has no help"
 
 
-def _parser():
-    """The parser parse_args builds (captured from its parse_args call)."""
+def _parser(call=lambda: train_tool.parse_args([CONFIG])):
+    """The parser ``call`` builds (captured from its parse_args call)."""
     import argparse
     seen = {}
     original = argparse.ArgumentParser.parse_args
@@ -66,7 +66,9 @@ def _parser():
         return original(self, *args, **kwargs)
     argparse.ArgumentParser.parse_args = capture
     try:
-        train_tool.parse_args([CONFIG])
+        call()
+    except SystemExit:
+        pass
     finally:
         argparse.ArgumentParser.parse_args = original
     return seen["parser"]
@@ -193,3 +195,9 @@ def test_runner_from_cfg_checks_the_data_as_mim_runs_it(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert "error: the dataset of" in err and "instances_train2017.json" in err and "Traceback" not in err
     assert "--dataset coco --data-root data" in err and not (tmp_path / "w").exists()
+
+
+def test_overlay_cli_explains_every_option():
+    from tinyvit_backbone.config_overlay import main as overlay_main
+    for action in _parser(lambda: overlay_main(["--help"]))._actions:
+        assert action.help, f"{action.option_strings or action.dest} has no help"

@@ -31,7 +31,7 @@ def parse_args(argv=None):
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     from mmengine.config import DictAction
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="an mmdet or mmseg config file (det_configs/*.py, "
@@ -50,7 +50,7 @@ def parse_args(argv=None):
                         "train.py (e.g. train_cfg.max_epochs=1 work_dir=/tmp/w)")
     embedded = parser.add_argument_group(
         "embedded scenes (CPU overlay)", "Train and evaluate CONFIG's model and recipe on the "
-        "embedded scenes instead of COCO / ADE20K: small images, BN for SyncBN, fp32, a few "
+        "embedded scenes instead of COCO / ADE20K:\nsmall images, BN for SyncBN, fp32, a few "
         "iterations (tinyvit_backbone.config_overlay).")
     embedded.add_argument("--embedded", action="store_true",
                           help="apply the overlay (the options below only act with it)")
