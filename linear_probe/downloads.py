@@ -183,6 +183,34 @@ def routed_requests(base: str | None):
 
 
 @contextlib.contextmanager
+def recorded_targets():
+    """Within the block, every file torchvision's ``download_url`` is asked for is recorded as
+    (official URL, local path): where a copy downloaded by hand is picked up (torchvision checks
+    a file in place against its checksum before it downloads anything). ``download_url`` is
+    replaced in torchvision's utils and in every dataset module that imported it by name."""
+    import torchvision.datasets.utils as tv_utils
+
+    original = tv_utils.download_url
+    targets: list[tuple[str, str]] = []
+
+    def download_url(url, root, filename=None, md5=None, *args, **kwargs):
+        path = os.path.join(os.path.expanduser(os.fspath(root)), filename or os.path.basename(url))
+        targets.append((url, path))
+        return original(url, root, filename, md5, *args, **kwargs)
+
+    modules = [m for name, m in list(sys.modules.items())
+               if name.startswith("torchvision.datasets") and getattr(m, "download_url", None)
+               is original]
+    for module in modules:
+        module.download_url = download_url
+    try:
+        yield targets
+    finally:
+        for module in modules:
+            module.download_url = original
+
+
+@contextlib.contextmanager
 def project_progress_bars(desc: str):
     """Torchvision's download bars drawn by :func:`tinyvit_backbone.progress.progress_bar`
     (a line every few percent in a log, not carriage-return redraws)."""
@@ -212,7 +240,8 @@ def _fetch(spec, how: TorchvisionDownload, directory: Path) -> None:
             download_and_extract_archive(url, str(directory), md5=md5)
 
 
-def _failure(spec, err: BaseException, requested: list[str], base: str | None) -> str:
+def _failure(spec, err: BaseException, requested: list[str], base: str | None,
+             targets: list[tuple[str, str]], data_root) -> str:
     url = requested[-1] if requested else "(no request was made)"
     where = f" (through ${MIRROR_ENV}={base})" if base else ""
     if isinstance(err, urllib.error.HTTPError):
@@ -221,11 +250,18 @@ def _failure(spec, err: BaseException, requested: list[str], base: str | None) -
         what = f"{url} could not be reached ({err.reason})"
     elif "corrupted" in str(err):
         what = (f"the file from {url} does not match torchvision's checksum (a truncated or "
-                "altered download); the next --download fetches it again")
+                "altered download); the next download fetches it again")
     else:
         what = f"{type(err).__name__}: {err}"
-    return (f"downloading {spec.title} ({spec.name}){where} failed: {what}. Check the network "
-            f"or the mirror and rerun with --download.")
+    command = f"python -m linear_probe download --dataset {spec.name} --data-root {data_root}"
+    message = (f"downloading {spec.title} ({spec.name}){where} failed: {what}. Check the "
+               f"network (or set ${MIRROR_ENV} to a mirror) and run again: {command}")
+    if targets:
+        official, path = targets[-1]
+        message += (f". Without network access, download {official} elsewhere and put it at "
+                    f"{path}: the same command checks it and unpacks it without a download (and "
+                    "names the next file the same way, for a dataset of several files)")
+    return message + "."
 
 
 def download(spec, data_root, *, stream=None) -> dict:
@@ -247,11 +283,12 @@ def download(spec, data_root, *, stream=None) -> dict:
                                    f"automatically. " + how_to_get(spec, data_root))
     base = mirror_url()
     with routed_requests(base) as router, contextlib.redirect_stdout(stream or sys.stderr), \
-            project_progress_bars(f"download {spec.name}"):
+            project_progress_bars(f"download {spec.name}"), recorded_targets() as targets:
         try:
             _fetch(spec, how, directory)
         except (urllib.error.URLError, OSError, RuntimeError) as err:
-            raise DatasetDownloadError(_failure(spec, err, router.requested, base)) from err
+            raise DatasetDownloadError(_failure(spec, err, router.requested, base, targets,
+                                                data_root)) from err
     missing = spec.missing_path(data_root)
     if missing is not None:
         raise DatasetDownloadError(f"torchvision fetched {spec.title} ({spec.name}), but {missing} "
@@ -260,9 +297,23 @@ def download(spec, data_root, *, stream=None) -> dict:
     return {**result, "status": status, "verified": how.verified, "requests": len(router.requested)}
 
 
+def _other_case(directory: Path) -> Path | None:
+    """A sibling of a missing ``directory`` whose name differs only in case (``EuroSAT`` for
+    ``eurosat``): file names are case-sensitive, the registry's folder names are fixed."""
+    parent = directory.parent
+    if directory.exists() or not parent.is_dir():
+        return None
+    return next((p for p in sorted(parent.iterdir()) if p.name.lower() == directory.name.lower()),
+                None)
+
+
 def how_to_get(spec, data_root) -> str:
     """One paragraph on how ``spec`` gets onto disk (used by every dataset-not-found error)."""
     directory = spec.directory(data_root)
+    other = _other_case(directory) if spec.folder and not spec.user_folder else None
+    if other is not None:
+        return (f"Found {other}, but {spec.name} is read from {directory} (names are "
+                f"case-sensitive): rename the folder to {directory.name}.")
     if spec.name == "digits":
         return "It ships with scikit-learn; nothing to download."
     if spec.user_folder:

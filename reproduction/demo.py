@@ -13,7 +13,10 @@ Stages (each reuses its finished outputs on a rerun unless ``fresh``):
 5. tables   — the results tables and plots (:mod:`reproduction.make`), the paper's Table 5 and
    Table 6 layouts included, so the published rows show what a full run fills in.
 
-Everything lands in one folder (default ``results/demo``); a short summary ends the run. On a
+Everything lands in one folder (default ``results/demo``); a short summary ends the run. The
+folder remembers the settings it was made with (``settings.json``): a run with other settings
+(``--quick``'s reduced ones, a GPU's) starts that folder afresh, with a line that says so,
+instead of resuming outputs made for other settings. On a
 machine with an NVIDIA GPU the same command uses it, with AMP and larger batches
 (:meth:`DemoSettings.for_device`). The detector and segmenter configs are read from
 ``config_root`` (the folder holding ``det_configs/`` and ``seg_configs/``; ``tools/demo.py``
@@ -179,6 +182,45 @@ def stage_tables(out: str, log, bench_report: str | None = None) -> dict:
 # ----------------------------------------------------------------------------- the run
 STAGES = ("distill", "detect", "segment", "probe", "tables")
 PAPER_TABLES = ("table6", "table5_linear", "table5_fewshot")
+SETTINGS_FILE = "settings.json"
+# What a demo writes into its folder; a settings change removes exactly these (the generated
+# scenes in data/ do not depend on the settings and are kept).
+OUTPUTS = ("distill", "work_dirs", "probe", "tables", "summary.json", SETTINGS_FILE)
+
+
+def _recorded_settings(out: str) -> dict | None:
+    """The settings the folder's demo was made with (settings.json, else an older demo's
+    summary.json), None for a folder without a demo."""
+    for name, key in ((SETTINGS_FILE, None), ("summary.json", "settings")):
+        path = os.path.join(out, name)
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                continue
+            return data.get(key) if key else data
+    return None
+
+
+def _settings_change(out: str, settings: DemoSettings) -> str | None:
+    """'det_iters 2 -> 160, ...' when ``out`` holds a demo made with other settings."""
+    old = _recorded_settings(out)
+    if not isinstance(old, dict):
+        return None
+    new = asdict(settings)
+    changed = [f"{k} {old.get(k)} -> {v}" for k, v in new.items() if old.get(k, v) != v]
+    return ", ".join(changed) or None
+
+
+def start_afresh(out: str) -> None:
+    """Remove the demo's outputs (:data:`OUTPUTS`) from ``out``, nothing else."""
+    for name in OUTPUTS:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 def run_demo(out: str = "results/demo", *, config_root: str, settings: DemoSettings | None = None,
@@ -188,7 +230,16 @@ def run_demo(out: str = "results/demo", *, config_root: str, settings: DemoSetti
     ``config_root`` holds det_configs/ and seg_configs/; ``bench_report`` (optional) is a
     ``make bench`` report.json for the models table."""
     settings = settings or DemoSettings.for_device(select_device())
+    change = None if fresh else _settings_change(out, settings)
+    if change:
+        log(f"[demo] {out} holds a demo made with other settings ({change}): starting it "
+            "afresh (give another --out to keep both)")
+    if fresh or change:
+        start_afresh(out)
     os.makedirs(out, exist_ok=True)
+    atomic_write_text(os.path.join(out, SETTINGS_FILE),
+                      json.dumps(asdict(settings), indent=1, sort_keys=True) + "\n")
+    fresh = False  # cleared above; the stages need not clear their parts again
     summary: dict = dict(settings=asdict(settings), seconds={})
     student = None
     for number, stage in enumerate(stages, 1):

@@ -76,24 +76,51 @@ def row_label(pretraining: str) -> str:
     return f"TinyViT-21M ({pub.PRETRAINING_TEXT[pretraining]})"
 
 
+def check_weights(weights: Mapping[str, str]) -> None:
+    """Refuse, before any work, a ``--weights`` value that is no file, registry name, URL or hub
+    tag (a typo); weights that are only unreachable now are listed as missing instead."""
+    from tinyvit_backbone.weights import WeightsNotFoundError, classify, resolve_weights
+
+    for row, spec in weights.items():
+        if classify(spec)[0] == "path" and not os.path.isfile(spec):
+            try:
+                resolve_weights(spec)  # a missing local file: raises, touches no network
+            except WeightsNotFoundError as err:
+                raise ValueError(f"--weights {row}={spec}: {err}") from None
+
+
+def _model(pre: str, weights: str):
+    """The row's ModelSpec, its weights resolved (downloaded once into the cache); raises
+    CheckpointError when they cannot be fetched now."""
+    from linear_probe.backbones import ModelSpec
+
+    return ModelSpec("tinyvit", arch="21m", weights=weights, label=row_label(pre),
+                     pretraining=pre)
+
+
 def reproduce_table5(weights: Mapping[str, str], out: str, *, data_root: str | None = None,
                      linear: bool = True, fewshot: bool = True, freeze_backbone: bool = False,
                      shots: Sequence[int] = pub.CDFSL_SHOTS, episodes: int = pub.CDFSL_EPISODES,
                      mocov3_epochs: int | None = None, image_size: int | None = None,
-                     settings=None, run_mocov3=None, run_cdfsl=None,
-                     log: Log = _stderr) -> dict:
+                     settings=None, download: bool = False, command: str | None = None,
+                     run_mocov3=None, run_cdfsl=None, log: Log = _stderr) -> dict:
     """Run what the weights and the data on disk allow; write ``OUT/results.jsonl``,
     ``OUT/table5_linear.{md,csv}``, ``OUT/table5_fewshot.{md,csv}`` and ``OUT/summary.json``.
 
-    ``mocov3_epochs`` / ``episodes`` / ``shots`` / ``image_size`` shrink the protocols for a
-    smoke run (the records say so: they are then not the paper's numbers, and the table notes
-    the short episodes). ``run_mocov3`` / ``run_cdfsl`` default to :mod:`linear_probe`'s."""
-    from linear_probe.backbones import ModelSpec
-    from linear_probe.downloads import how_to_get
+    ``download`` first fetches the missing datasets torchvision can fetch. Weights that cannot
+    be fetched now (no network) and data that is not on disk leave their cells missing: the
+    summary lists each with the download that provides it and ``command`` (the command line
+    to rerun, default the generic one). ``mocov3_epochs`` / ``episodes`` / ``shots`` /
+    ``image_size`` shrink the protocols for a smoke run (the records say so: they are then not
+    the paper's numbers, and the table notes the short episodes). ``run_mocov3`` /
+    ``run_cdfsl`` default to :mod:`linear_probe`'s."""
+    from linear_probe.downloads import TORCHVISION, DatasetDownloadError, how_to_get
+    from linear_probe.downloads import download as fetch_dataset
     from linear_probe.recipes import MOCOV3_RECIPE
     from linear_probe.registry import dataset_spec
     from linear_probe.results import PAPER_FEWSHOT, PAPER_LINEAR
     from linear_probe.settings import FeatureSettings
+    from tinyvit_backbone.weights import CheckpointError
 
     if run_mocov3 is None:
         from linear_probe.mocov3 import run_mocov3
@@ -106,11 +133,21 @@ def reproduce_table5(weights: Mapping[str, str], out: str, *, data_root: str | N
     recipe = MOCOV3_RECIPE if mocov3_epochs is None else MOCOV3_RECIPE.with_epochs(mocov3_epochs)
     missing: list[str] = []
     ran: list[str] = []
+    rerun = command or "the same tools/reproduce.py table5 command"
+    check_weights(weights)
     wanted = [(PAPER_LINEAR, linear), (PAPER_FEWSHOT, fewshot)]
     on_disk = {}
     for table, use in wanted:
         for name in table.datasets if use else ():
             spec = dataset_spec(name)
+            if download and name in TORCHVISION and spec.missing_path(settings.data_root):
+                log(f"[table5] {name}: downloading (torchvision)")
+                try:
+                    fetch_dataset(spec, settings.data_root)
+                except DatasetDownloadError as err:
+                    missing.append(f"data {name}: {err}")
+                    on_disk[name] = False
+                    continue
             gap = spec.missing_path(settings.data_root)
             on_disk[name] = gap is None
             if gap is not None:
@@ -120,36 +157,43 @@ def reproduce_table5(weights: Mapping[str, str], out: str, *, data_root: str | N
             missing.append(f"row {pub.PRETRAINING_TEXT[pre]}: no weights; "
                            + paper_tables.table5_command(pre))
             continue
-        model = ModelSpec("tinyvit", arch="21m", weights=weights[pre], label=row_label(pre),
-                          pretraining=pre)
+        label = row_label(pre)
         records = _read_records(results)
-        if linear:
-            for name in PAPER_LINEAR.datasets:
-                if not on_disk[name]:
-                    continue
-                if _done(records, PAPER_LINEAR.protocol, model.display_label(), name):
-                    log(f"[table5] {model.display_label()} {name}: done, kept")
-                    continue
-                log(f"[table5] {model.display_label()} {name}: mocov3 linear probe")
-                run_mocov3(model, name, recipe=recipe, settings=settings, work_dir=work_dir,
-                           output=results)
-                ran.append(f"{pre} {name} mocov3")
-        if fewshot:
-            for name in PAPER_FEWSHOT.datasets:
-                if not on_disk[name]:
-                    continue
-                todo = [k for k in shots if not _done(records, PAPER_FEWSHOT.protocol,
-                                                      model.display_label(), name, k,
-                                                      freeze_backbone)]
-                if not todo:
-                    log(f"[table5] {model.display_label()} {name}: done, kept")
-                    continue
-                log(f"[table5] {model.display_label()} {name}: cdfsl {todo}-shot, "
-                    + ("frozen" if freeze_backbone else "fine-tuned") + " backbone")
-                run_cdfsl(model, name, todo, n_way=PAPER_FEWSHOT.n_way, n_episodes=episodes,
-                          freeze_backbone=freeze_backbone, settings=settings, work_dir=work_dir,
-                          output=results)
-                ran.append(f"{pre} {name} cdfsl {todo}")
+        linear_todo = [name for name in (PAPER_LINEAR.datasets if linear else ())
+                       if on_disk[name] and not _done(records, PAPER_LINEAR.protocol, label, name)]
+        fewshot_todo = {}
+        for name in PAPER_FEWSHOT.datasets if fewshot else ():
+            todo = [k for k in shots if on_disk[name] and not _done(
+                records, PAPER_FEWSHOT.protocol, label, name, k, freeze_backbone)]
+            if todo:
+                fewshot_todo[name] = todo
+        done = [n for n in (PAPER_LINEAR.datasets if linear else ())
+                if on_disk[n] and n not in linear_todo]
+        done += [n for n in (PAPER_FEWSHOT.datasets if fewshot else ())
+                 if on_disk[n] and n not in fewshot_todo]
+        for name in done:
+            log(f"[table5] {label} {name}: done, kept")
+        if not linear_todo and not fewshot_todo:
+            continue
+        try:
+            model = _model(pre, weights[pre])
+        except CheckpointError as err:
+            missing.append(f"row {pub.PRETRAINING_TEXT[pre]}: weights not downloadable now: "
+                           f"{err} Then rerun {rerun}.")
+            log(f"[table5] {label}: weights not available now, its cells stay missing")
+            continue
+        for name in linear_todo:
+            log(f"[table5] {label} {name}: mocov3 linear probe")
+            run_mocov3(model, name, recipe=recipe, settings=settings, work_dir=work_dir,
+                       output=results)
+            ran.append(f"{pre} {name} mocov3")
+        for name, todo in fewshot_todo.items():
+            log(f"[table5] {label} {name}: cdfsl {todo}-shot, "
+                + ("frozen" if freeze_backbone else "fine-tuned") + " backbone")
+            run_cdfsl(model, name, todo, n_way=PAPER_FEWSHOT.n_way, n_episodes=episodes,
+                      freeze_backbone=freeze_backbone, settings=settings, work_dir=work_dir,
+                      output=results)
+            ran.append(f"{pre} {name} cdfsl {todo}")
     parsed = read_results([results] if os.path.isfile(results) else [])
     notes = Notes()
     tables = [paper_tables.table5_linear(parsed, notes), paper_tables.table5_fewshot(parsed, notes)]
@@ -182,36 +226,97 @@ def train_command(config: str, gpus: int, extra: Sequence[str] = ()) -> list[str
     return [sys.executable, train, config, *extra]
 
 
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def preflight_table6(configs: Sequence[str], gpus: int, gpu_count: int) -> list[str]:
+    """What stops the Table 6 trainings before they start: too few GPUs, or the COCO files the
+    configs read (each problem with the command or download that fixes it)."""
+    from tinyvit_backbone.config_data import data_problem, missing_data
+
+    from .run_config import ConfigError, load_config
+
+    problems = []
+    if gpu_count == 0:
+        problems.append(
+            f"--gpus {gpus}: torch sees no GPU on this machine. The Cascade Mask R-CNN 1x "
+            f"recipe trains on GPUs (SyncBN heads, mixed precision, 12 COCO epochs): run this "
+            f"command on a machine with {gpus} GPUs. To try the recipe on this CPU, train it "
+            "small on the embedded scenes: python tools/train.py det_configs/cascade_tinyvit21m.py "
+            "--embedded --iters 20 --arch 5m")
+    elif gpu_count < gpus:
+        problems.append(
+            f"--gpus {gpus}: torch sees {gpu_count} GPU(s) here. Give --gpus {gpu_count} (2 images "
+            f"per GPU: a total batch of {2 * gpu_count} instead of the recipe's 16), or run on a "
+            f"machine with {gpus} GPUs")
+    # configs missing the same files (the three Table 6 runs share COCO) make one message
+    same: dict[tuple, tuple[dict, list[str]]] = {}
+    for config in configs:
+        try:
+            cfg = load_config(config)
+        except ConfigError as err:
+            problems.append(str(err))
+            continue
+        gap = tuple(missing_data(cfg))
+        if gap:
+            same.setdefault(gap, (cfg, []))[1].append(os.path.basename(config))
+    problems += [data_problem(cfg, config=", ".join(names)) for cfg, names in same.values()]
+    return problems
+
+
 def reproduce_table6(work_dirs: Sequence[str], out: str, *, train: bool = False,
-                     config_root: str = ".", gpus: int = 8, work_root: str = "work_dirs",
+                     config_root: str = ".", gpus: int = 8, work_root: str | None = None,
                      runner: Callable[[list[str]], int] | None = None,
-                     log: Log = _stderr) -> dict:
+                     gpu_count: int | None = None, log: Log = _stderr) -> dict:
     """Collect the Table 6 runs from ``work_dirs`` (each a work dir or a folder of them);
     with ``train``, first train every row that has no complete run into
-    ``WORK_ROOT/<config name>`` (resuming a started one). Writes ``OUT/table6.{md,csv}`` and
-    ``OUT/summary.json``."""
+    ``WORK_ROOT/<config name>`` (default: the first of ``work_dirs``, created if missing;
+    resuming a started one), after checking the GPUs (``gpu_count``, default torch's count)
+    and the COCO files. Writes ``OUT/table6.{md,csv}`` and ``OUT/summary.json``."""
     runner = runner or (lambda cmd: subprocess.run(cmd).returncode)
-    os.makedirs(out, exist_ok=True)
+    gone = [d for d in work_dirs if not os.path.isdir(d)]
+    if gone and not train:
+        raise FileNotFoundError(
+            f"--work-dirs: {', '.join(gone)} not found. Give the folders your Table 6 runs "
+            "were trained into (mmengine work dirs, or folders holding them), or add --train "
+            "to train the missing rows into the first one")
+    work_root = work_root or (work_dirs[0] if work_dirs else "work_dirs")
     trained: list[str] = []
     dirs = [d for d in work_dirs if os.path.isdir(d)]
     if train:
         have = {paper_tables.table6_row(read_run(d)) for d in find_work_dirs(dirs)} if dirs \
             else set()
-        for pre, config in paper_tables.TABLE6_CONFIGS.items():
-            if pre in have:
-                continue
+        todo = {pre: os.path.join(config_root, config)
+                for pre, config in paper_tables.TABLE6_CONFIGS.items() if pre not in have}
+        if todo:
+            problems = preflight_table6(list(todo.values()), gpus,
+                                        _gpu_count() if gpu_count is None else gpu_count)
+            if problems:
+                raise RuntimeError(f"--train: {len(todo)} run(s) to train, none started:\n- "
+                                   + "\n- ".join(problems))
+            if not os.path.isdir(work_root):
+                os.makedirs(work_root)
+                log(f"[table6] created {work_root}/ for the training runs")
+        for config in todo.values():
             name = os.path.splitext(os.path.basename(config))[0]
             wd = os.path.join(work_root, name)
             extra = ["--work-dir", wd] + (["--resume"] if os.path.isfile(
                 os.path.join(wd, "last_checkpoint")) else [])
-            cmd = train_command(os.path.join(config_root, config), gpus, extra)
+            cmd = train_command(config, gpus, extra)
             log("[table6] training: " + " ".join(cmd))
             code = runner(cmd)
             if code != 0:
+                again = ("it resumes from the last checkpoint" if os.path.isfile(
+                    os.path.join(wd, "last_checkpoint")) else "it starts this run again")
                 raise RuntimeError(f"training {config} failed (exit status {code}); its log is "
-                                   f"in {wd}; rerun the same command to resume it")
+                                   f"in {wd}/<timestamp>/; fix the error above and rerun the "
+                                   f"same command: {again}")
             trained.append(wd)
             dirs.append(wd)
+    os.makedirs(out, exist_ok=True)
     found = find_work_dirs(sorted(set(dirs))) if dirs else []
     runs = [read_run(d) for d in found]
     notes = Notes()

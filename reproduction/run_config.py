@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
 import re
 from dataclasses import dataclass
 
@@ -28,6 +29,9 @@ DECODER_NAMES = {"UPerHead": "UperNet", "FPNHead": "Semantic FPN", "FCNHead": "F
 DETECTOR_NAMES = {"MaskRCNN": "Mask R-CNN", "FasterRCNN": "Faster R-CNN",
                   "RetinaNet": "RetinaNet", "FCOS": "FCOS", "ATSS": "ATSS", "DETR": "DETR",
                   "DINO": "DINO", "RTMDet": "RTMDet", "HybridTaskCascade": "HTC"}
+# mmengine / mmseg / mmdet's generic dataset classes: any folder in their layout, named in a table
+# by that folder ("custom (scenes)"), not by the class ("BaseSeg").
+GENERIC_DATASETS = ("BaseSegDataset", "BaseDetDataset", "BaseDataset")
 SWIN_SIZES = {(96, (2, 2, 6, 2)): "T", (96, (2, 2, 18, 2)): "S", (128, (2, 2, 18, 2)): "B",
               (192, (2, 2, 18, 2)): "L"}
 # mmengine's LoggerHook logs a training line every `interval` iterations (default 10).
@@ -100,6 +104,10 @@ def describe_dataset(cfg: dict) -> str | None:
     if not t:
         return None
     name = DATASET_NAMES.get(t, t.removesuffix("Dataset") or t)
+    if t in GENERIC_DATASETS:
+        root = inner.get("data_root")
+        folder = os.path.basename(os.path.normpath(root)) if isinstance(root, str) and root else ""
+        name = f"custom ({folder})" if folder else "custom"
     ann = inner.get("ann_file")
     if t == "CocoDataset" and isinstance(ann, str) and not re.search(r"val2017|test-dev", ann):
         # CocoDataset reads any COCO-format file; only val2017 / test-dev is "COCO" in a table.

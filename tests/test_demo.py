@@ -81,3 +81,74 @@ def test_reduced_demo_runs_every_stage_and_reuses_on_rerun(tmp_path):
         assert any(f"{name}: finished run found" in line for line in lines), name
     assert again["detect"] == summary["detect"]
     assert again["seconds"]["distill"] < summary["seconds"]["distill"]
+
+
+def test_quick_and_full_demo_keep_separate_folders(monkeypatch):
+    """`--quick` writes to results/demo-quick, the full demo to results/demo: a quick check
+    never leaves outputs of other settings where `make demo` resumes."""
+    import demo as demo_cli
+    outs = []
+
+    def fake_run(out, settings=None, **kwargs):
+        outs.append((out, settings.distill_scale))
+        return {"seconds": {}}
+    monkeypatch.setattr("reproduction.demo.run_demo", fake_run)
+    assert demo_cli.main(["--quick"]) == 0 and demo_cli.main(["--stages", "distill"]) == 0
+    assert outs == [(str(ROOT / "results" / "demo-quick"), "smoke"),
+                    (str(ROOT / "results" / "demo"), "demo")]
+
+
+def test_help_names_every_stage(capsys):
+    import demo as demo_cli
+
+    from reproduction.demo import STAGES
+    with pytest.raises(SystemExit):
+        demo_cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "among " + ", ".join(STAGES) in text and "results/demo-quick" in text
+
+
+def test_a_folder_of_other_settings_starts_afresh_with_a_line(tmp_path):
+    """Same --out, other settings: the folder's demo outputs are removed (the scenes kept) and
+    the run says so, instead of resuming checkpoints made for other settings."""
+    from reproduction.demo import SETTINGS_FILE
+
+    out = tmp_path / "demo"
+    lines = []
+    run_demo(str(out), config_root=str(ROOT), settings=DemoSettings().reduced(), stages=(),
+             log=lines.append)
+    recorded = json.loads((out / SETTINGS_FILE).read_text())
+    assert recorded["distill_scale"] == "smoke" and not lines
+    for rel in ("distill/teacher/last.pth", "work_dirs/x/last_checkpoint", "data/scenes/keep"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("x")
+    run_demo(str(out), config_root=str(ROOT), settings=DemoSettings().reduced(), stages=(),
+             log=lines.append)
+    assert not lines and (out / "distill/teacher/last.pth").exists()  # same settings: reused
+    run_demo(str(out), config_root=str(ROOT), settings=DemoSettings(), stages=(), log=lines.append)
+    (line,) = lines
+    assert "holds a demo made with other settings (distill_scale smoke -> demo" in line
+    assert "starting it afresh" in line
+    assert not (out / "distill").exists() and not (out / "work_dirs").exists()
+    assert (out / "data/scenes/keep").exists()
+    assert json.loads((out / SETTINGS_FILE).read_text())["distill_scale"] == "demo"
+
+
+@pytest.mark.slow
+def test_quick_then_other_settings_in_the_same_folder_runs(tmp_path, monkeypatch):
+    """The sequence that failed: a quick demo, then one with other distillation settings in the
+    same folder. It used to stop at 'last.pth belongs to a run with other settings'; now the
+    second run starts afresh and finishes. (A second seconds-long scale stands in for the full
+    demo's 'demo' scale, to keep the test short.)"""
+    from dataclasses import replace
+
+    from tinyvit_backbone.distill import reproduce as mini
+    monkeypatch.setitem(mini.SCALES, "smoke-b", dict(mini.SCALES["smoke"], teacher_epochs=2))
+    out = str(tmp_path / "demo")
+    quick = DemoSettings().reduced()
+    run_demo(out, config_root=str(ROOT), settings=quick, stages=["distill"], log=lambda m: None)
+    lines = []
+    summary = run_demo(out, config_root=str(ROOT), settings=replace(quick, distill_scale="smoke-b"),
+                       stages=["distill"], log=lines.append)
+    assert any("starting it afresh" in line for line in lines)
+    assert summary["distill"]["accuracy"]["teacher"] > 0

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from tinyvit_backbone.backbone import TinyViT
 from tinyvit_backbone.checkpoint import backbone_state_dict
 from tinyvit_backbone.distill.reproduce import DEMO_ARCH, run_pipeline
 from tinyvit_backbone.distill.store import LogitStore
@@ -13,8 +14,17 @@ from tinyvit_backbone.distill.store import LogitStore
 @pytest.mark.slow
 def test_pipeline_smoke_and_rerun_reuses_outputs(tmp_path):
     out = str(tmp_path / "repro")
+    lines = []
     result = run_pipeline(out, scale="smoke", with_online=True, progress=False,
-                          value_formats=("fp16", "log8"), log=lambda _: None)
+                          value_formats=("fp16", "log8"), log=lines.append)
+    # one step each, numbered out of all of them (two used to say "4/4")
+    steps = [line.split()[1] for line in lines if line.startswith("[mini-repro] ")
+             and line.split()[1][0].isdigit()]
+    assert steps == [f"{i}/6" for i in range(1, 7)]
+    # the students' architecture, for --arch of the probes (kshot, sweep)
+    assert result["arch"] == os.path.join(os.path.abspath(out), "student_arch.json")
+    assert json.load(open(result["arch"])) == TinyViT(arch=DEMO_ARCH).arch
+    assert any(f"kshot --arch {os.path.join(out, 'student_arch.json')}" in line for line in lines)
     assert set(result["accuracy"]) == {"teacher", "store", "store_log8", "labels", "online"}
     assert result["stores"]["fp16"]["record_bytes"] == 4 + 5 * 4 + 4
     assert result["stores"]["log8"]["record_bytes"] == 4 + 3 + 4 + 4 + 4  # 4-bit indices
@@ -22,9 +32,7 @@ def test_pipeline_smoke_and_rerun_reuses_outputs(tmp_path):
     assert result["accuracy"]["teacher"] > 20  # chance is 10%: one epoch already learns
     for key in ("store", "store_log8", "labels", "online", "init"):
         state = torch.load(result["weights"][key], weights_only=True)
-        from tinyvit_backbone.backbone import TinyViT
-
-        backbone = TinyViT(arch=DEMO_ARCH)
+        backbone = TinyViT(arch=result["arch"])
         assert set(backbone_state_dict(result["weights"][key], backbone.state_dict())) == \
             set(backbone.state_dict())
         assert "head.fc.weight" in state

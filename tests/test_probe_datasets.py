@@ -185,3 +185,51 @@ def test_datasets_command_lists_groups_and_states(tmp_path, capsys):
     assert listing["groups"]["paper-linear"] == list(PAPER_LINEAR.datasets)
     assert listing["instructions_only"] == ["ade20k", "coco"]
     assert "digits" in captured.err and "missing" in captured.err
+
+
+def _readme() -> str:
+    from pathlib import Path
+    return (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_layouts_are_the_ones_the_registry_reads(tmp_path):
+    """Every folder layout the README states for the datasets is built under a data root as
+    written, and the registry finds the dataset there (the README said EuroSAT/2750/ while
+    the code reads eurosat/2750). COCO / ADE20K and the scenes: the folders the configs and
+    the instructions use."""
+    import re
+
+    from linear_probe.downloads import MANUAL
+    from tinyvit_backbone.embedded.scenes import DEFAULT_ROOT
+    readme = _readme()
+    sentence = re.search(r"cdfsl sets\s+are read from(.*?)\n\n", readme, re.S).group(1)
+    paths = re.findall(r"`([^`\s]+/[^`\s]*)`", sentence)
+    assert len(paths) >= 5, paths
+    folders = {spec.folder: name for name, spec in REGISTRY.items() if spec.folder}
+    found = set()
+    for path in paths:
+        top = path.split("/")[0]
+        assert top in folders, f"README layout {path}: no registry dataset reads {top}/"
+        target = tmp_path / path.replace("<class>", "a")
+        if path.endswith("/"):
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("x")
+        found.add(folders[top])
+    assert set(PAPER_FEWSHOT.datasets) <= found
+    for name in found:
+        assert dataset_spec(name).missing_path(tmp_path) is None, name
+
+    coco = re.search(r"With COCO at `data/([^`]+)` \(or ADE20K at `data/([^`]+)`\)", readme)
+    assert coco and coco.groups() == (MANUAL["coco"].folder, MANUAL["ade20k"].folder)
+    assert f"to `{DEFAULT_ROOT}`" in readme
+
+
+def test_a_folder_named_in_another_case_is_pointed_out(tmp_path):
+    """data/EuroSAT/2750 (the cdfsl benchmark's name) where data/eurosat/2750 is read."""
+    from linear_probe.downloads import how_to_get
+    (tmp_path / "EuroSAT" / "2750" / "AnnualCrop").mkdir(parents=True)
+    message = how_to_get(dataset_spec("eurosat"), tmp_path)
+    assert message == (f"Found {tmp_path}/EuroSAT, but eurosat is read from {tmp_path}/eurosat "
+                       "(names are case-sensitive): rename the folder to eurosat.")

@@ -169,7 +169,7 @@ def test_checksum_mismatch_missing_file_and_dead_server_are_clear(mirror, tmp_pa
     assert err.splitlines()[-1].startswith(
         f"error: downloading CIFAR-10 (cifar10) (through ${MIRROR_ENV}=")
     assert f"{mirror.url}/{CIFAR} does not match torchvision's checksum" in err
-    assert "the next --download fetches it again" in err
+    assert "the next download fetches it again" in err
 
     archive.unlink()
     assert main(["download", "--dataset", "cifar10", "--data-root", root]) == 2
@@ -212,3 +212,28 @@ def test_datasets_torchvision_cannot_fetch_get_their_source_and_layout(tmp_path,
                  "--no-progress"]) == 2
     assert capsys.readouterr().err.startswith(
         "error: Stanford Cars (stanford_cars) cannot be downloaded automatically. Get it from")
+
+
+def test_offline_download_names_the_url_and_where_a_manual_copy_goes(tmp_path, monkeypatch,
+                                                                      capsys):
+    """Unreachable host: the error gives the official URL, the exact path where a file
+    downloaded elsewhere is picked up, and the command, which then unpacks that file without
+    the network. (It used to say "rerun with --download", which the download command has no
+    use for.)"""
+    archive = _cifar_archive(monkeypatch)
+    monkeypatch.setenv(MIRROR_ENV, "http://127.0.0.1:9")  # the discard port: nobody listens
+    root = tmp_path / "data"
+    assert main(["download", "--dataset", "cifar10", "--data-root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "--download" not in err
+    manual = root / "cifar10" / "cifar-10-python.tar.gz"
+    assert (f"download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz elsewhere and "
+            f"put it at {manual}") in err
+    assert f"python -m linear_probe download --dataset cifar10 --data-root {root}" in err
+
+    manual.parent.mkdir(parents=True, exist_ok=True)
+    manual.write_bytes(archive)
+    assert main(["download", "--dataset", "cifar10", "--data-root", str(root)]) == 0
+    result = json.loads(capsys.readouterr().out)["datasets"][0]
+    assert result["requests"] == 0 and result["status"] == "verified"
+    assert len(load_split(dataset_spec("cifar10"), "train", root)) == 20

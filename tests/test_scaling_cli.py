@@ -94,3 +94,31 @@ def test_reproduction_21m_seed_meets_paper_parameter_counts(tmp_path, capsys):
         assert abs(chosen[label]["params"] / published - 1) <= 0.10, (label, chosen[label])
         assert chosen[label]["params"] <= published
         assert chosen[label]["reference"]["macs"] > 0
+
+
+def test_measure_throughput_shows_progress_per_batch(tmp_path, capsys, monkeypatch, caplog):
+    """`measure --throughput` says what it measures and advances per batch (it used to print
+    nothing for minutes); the record's settings do not carry the display choice."""
+    import logging
+    monkeypatch.setenv("TINYVIT_PROGRESS", "lines")
+    caplog.set_level(logging.INFO)
+    seed = tmp_path / "tiny.json"
+    seed.write_text(json.dumps(TINY))
+    assert main(["measure", str(seed), "--throughput", "--resolution", "32",
+                 "--throughput-batch-size", "2", "--throughput-warmup", "1",
+                 "--throughput-repeat", "2"]) == 0
+    captured = capsys.readouterr()
+    assert f"1/1 {seed}: measuring img/s on cpu, 1 warmup + 2 timed batches of 2 at 32 px" \
+        in caplog.text
+    bar = [line for line in captured.err.splitlines() if line.startswith("img/s, batch 2 at 32 px")]
+    assert bar and bar[-1].split(":")[1].strip().startswith("100%") and "3/3" in bar[-1]
+    result = json.loads(captured.out)
+    assert "progress" not in result["throughput"]
+    assert result["results"][0]["throughput_img_s"] > 0
+
+
+def test_every_option_has_help():
+    sub = next(a for a in make_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            assert action.help, f"{name}: {action.option_strings or action.dest} has no help"

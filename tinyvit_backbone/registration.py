@@ -12,10 +12,11 @@ import the backbone (torch, timm, mmengine.model) only when a config builds one,
 ``import tinyvit_backbone`` costs ``mmengine.registry`` (about 0.3 s) instead of the whole
 detection stack.
 
-Two more hooks serve whole runs, not only TinyViT: mmengine's checkpoint loader fetches the
+More hooks serve whole runs, not only TinyViT: mmengine's checkpoint loader fetches the
 model zoo's URLs through :mod:`tinyvit_backbone.weights` (mirror, size and sha256 checks, e.g.
-for a Swin-T baseline's ``init_cfg``), and ``torch.load(weights_only=True)`` is allowed to read
-mmengine's own checkpoints (``resume``). Both need torch; they are installed right away when the
+for a Swin-T baseline's ``init_cfg``), ``torch.load(weights_only=True)`` is allowed to read
+mmengine's own checkpoints (``resume``), and a Runner built from a config first checks that its
+dataset files are there (:mod:`.config_data`). They are installed right away when the
 importer has loaded mmengine's runner already (as mmdet's and mmseg's train scripts have when
 they read ``custom_imports``), and otherwise when the first TinyViT is built.
 """
@@ -47,13 +48,16 @@ build_layer_decay_constructor.__name__ = CONSTRUCTOR_NAME
 
 
 def install_run_hooks() -> None:
-    """The zoo's URL scheme in mmengine's checkpoint loader and mmengine's checkpoint types in
-    torch's ``weights_only`` allow-list (idempotent)."""
+    """The zoo's URL scheme in mmengine's checkpoint loader, mmengine's checkpoint types in
+    torch's ``weights_only`` allow-list, and the dataset check of ``Runner.from_cfg``
+    (:mod:`tinyvit_backbone.config_data`) (idempotent)."""
+    from .config_data import install_runner_check
     from .safe_load import register_mmengine_safe_globals
     from .weights import register_mmengine_scheme
 
     register_mmengine_safe_globals()
     register_mmengine_scheme()
+    install_runner_check()
 
 
 def register_all() -> None:

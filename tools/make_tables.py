@@ -2,7 +2,7 @@
 run outputs, with the published numbers beside ours.
 
     python tools/make_tables.py --work-dirs work_dirs/ \\
-        --results results/probe/*.jsonl --bench results/bench/report.json --out results/tables
+        --results results/linear_probe.jsonl --bench results/bench/report.json --out results/tables
 
 --work-dirs takes mmengine work dirs, or folders holding them. Exit status: 0 when the tables
 were written (missing / in-progress / malformed runs are listed in tables.md, not errors),

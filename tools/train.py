@@ -7,40 +7,72 @@ embedded scenes (the CPU overlay of tinyvit_backbone.config_overlay).
 Without --embedded this does what `mim train mmdet|mmseg CONFIG` does (mmdet's and mmseg's
 tools/train.py), for both libraries. Distribution comes from mmengine's launchers unchanged.
 
-As in mmdet's train.py: the work dir is --work-dir if given, else the config's ``work_dir``, else
-``work_dirs/<config name>``; ``--resume`` alone continues from the work dir's latest checkpoint,
-``--resume PATH`` from that checkpoint.
+As in mmdet's train.py: the work dir is --work-dir if given, else the config's work_dir, else
+work_dirs/<config name> (with --embedded: work_dirs/<config name>_embedded, the TinyViT size in
+the name following --arch); --resume alone continues from the work dir's latest checkpoint,
+--resume PATH from that checkpoint. A run resumed after its last iteration (stopped while it
+was being evaluated) is evaluated, not left without metrics.
+
+Before anything is built or written, the files the config's train and val dataloaders read are
+checked: a missing COCO / ADE20K is named with the command that says how to get it.
 """
 import argparse
 import os
 import sys
+import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
 def parse_args(argv=None):
+    # mmengine imports pkg_resources, whose deprecation warning would be the first line a
+    # user reads before any message of ours
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     from mmengine.config import DictAction
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("config")
-    parser.add_argument("--work-dir", help="default: work_dirs/<config name>[_embedded]")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="an mmdet or mmseg config file (det_configs/*.py, "
+                        "seg_configs/*.py or your own)")
+    parser.add_argument("--work-dir", help="where checkpoints and logs go (default: the config's "
+                        "work_dir, else work_dirs/<config name>[_embedded])")
     parser.add_argument("--resume", nargs="?", type=str, const="auto", metavar="PATH",
                         help="resume training: from PATH, or (no PATH) from the latest "
                              "checkpoint of the work dir")
     parser.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
-    embedded = parser.add_argument_group("embedded scenes (CPU overlay)")
-    embedded.add_argument("--embedded", action="store_true")
-    embedded.add_argument("--data-root", default="data/embedded/scenes")
-    embedded.add_argument("--iters", type=int, default=20)
-    embedded.add_argument("--image-size", type=int, default=128)
-    embedded.add_argument("--batch-size", type=int, default=2)
-    embedded.add_argument("--lr", type=float)
-    embedded.add_argument("--arch", help="a smaller TinyViT: 5m / 11m / 21m / arch JSON")
-    embedded.add_argument("--backbone-checkpoint", help="backbone weights (default: random)")
-    parser.add_argument("--local-rank", "--local_rank", type=int, default=0)
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                        help="mmengine's launcher: none (one process, default), pytorch "
+                             "(under torchrun; gloo on CPU), slurm or mpi")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+                        metavar="KEY=VALUE", help="override config values, as in mmdet's "
+                        "train.py (e.g. train_cfg.max_epochs=1 work_dir=/tmp/w)")
+    embedded = parser.add_argument_group(
+        "embedded scenes (CPU overlay)", "Train and evaluate CONFIG's model and recipe on the "
+        "embedded scenes instead of COCO / ADE20K:\nsmall images, BN for SyncBN, fp32, a few "
+        "iterations (tinyvit_backbone.config_overlay).")
+    embedded.add_argument("--embedded", action="store_true",
+                          help="apply the overlay (the options below only act with it)")
+    embedded.add_argument("--data-root", default="data/embedded/scenes",
+                          help="the scenes' folder, generated there on first use (default "
+                               "data/embedded/scenes)")
+    embedded.add_argument("--iters", type=int, default=20,
+                          help="training iterations; one evaluation and one checkpoint at the "
+                               "end (default 20)")
+    embedded.add_argument("--image-size", type=int, default=128,
+                          help="images are resized to fit this side in pixels (default 128)")
+    embedded.add_argument("--batch-size", type=int, default=2,
+                          help="images per iteration and process (default 2)")
+    embedded.add_argument("--lr", type=float,
+                          help="learning rate (default: the config's)")
+    embedded.add_argument("--arch", help="a smaller TinyViT backbone: 5m / 11m / 21m or an arch "
+                          "JSON file (neck and head channels follow; default: the config's)")
+    embedded.add_argument("--backbone-checkpoint",
+                          help="backbone weights: registry name, URL, timm/... hub tag or file "
+                               "(default: random init)")
+    parser.add_argument("--local-rank", "--local_rank", type=int, default=0,
+                        help="set by the launcher (torch.distributed.launch); not needed by hand")
     args = parser.parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     return args
@@ -49,7 +81,7 @@ def parse_args(argv=None):
 def build_config(args):
     from mmengine.config import Config
 
-    from tinyvit_backbone.config_overlay import apply_overlay, ensure_scenes
+    from tinyvit_backbone.config_overlay import apply_overlay, ensure_scenes, overlay_name
 
     if not os.path.isfile(args.config):
         raise SystemExit(f"error: config not found: {args.config}")
@@ -60,7 +92,7 @@ def build_config(args):
         cfg = apply_overlay(cfg, args.data_root, iters=args.iters, image_size=args.image_size,
                             batch_size=args.batch_size, lr=args.lr, arch=args.arch,
                             backbone_checkpoint=args.backbone_checkpoint)
-        name += "_embedded"
+        name = overlay_name(name, args.arch) + "_embedded"
     cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or os.path.join("work_dirs", name)
@@ -102,6 +134,41 @@ def setup_cpu_distributed(cfg) -> None:
     cfg.model_wrapper_cfg = wrapper
 
 
+def check_data(cfg, config: str) -> None:
+    """Refuse to start (before the Runner writes its work dir or logs the config) when the
+    files of the train / val dataloaders are missing; the message says how to get them."""
+    from tinyvit_backbone.config_data import data_problem
+
+    problem = data_problem(cfg, config=config)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+def final_evaluation_hook():
+    """A hook that evaluates a run whose training ended in this launch without an evaluation.
+
+    mmengine's train loops evaluate after their last iteration, but a run resumed from its last
+    checkpoint (it stopped while being evaluated) has no iteration left: the loop ends at once,
+    and the run would exit 0 with no metrics."""
+    from mmengine.hooks import Hook
+
+    class FinalEvaluationHook(Hook):
+        evaluated = False
+
+        def after_val_epoch(self, runner, metrics=None):
+            self.evaluated = True
+
+        def after_train(self, runner):
+            if self.evaluated or runner.val_loop is None or runner.iter < runner.max_iters:
+                return
+            runner.logger.info(f"Training had ended at iteration {runner.iter} with no "
+                               "evaluation after it: evaluating the last checkpoint now.")
+            runner.val_loop.run()
+
+    return FinalEvaluationHook()
+
+
 def main(argv=None):
     args = parse_args(argv)
     from mmengine.runner import Runner
@@ -110,9 +177,11 @@ def main(argv=None):
     from tinyvit_backbone.checkpoint import CheckpointError
 
     cfg = build_config(args)
+    check_data(cfg, args.config)
     setup_cpu_distributed(cfg)
     try:
         runner = Runner.from_cfg(cfg)
+        runner.register_hook(final_evaluation_hook(), priority="LOWEST")
         runner.train()
     except CheckpointError as err:
         raise SystemExit(f"error: {err}") from None

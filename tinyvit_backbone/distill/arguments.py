@@ -258,13 +258,18 @@ def _mini_repro(sub) -> None:
     p = sub.add_parser("mini-repro", help="mini reproduction on the embedded digits (CPU)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--arch", help="student arch (default: a small TinyViT for 32-pixel digits)")
-    p.add_argument("--scale", choices=["smoke", "demo", "repro"], default="repro")
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--scale", choices=["smoke", "demo", "repro"], default="repro",
+                   help="epochs of teacher / students: smoke 1 / 2 (seconds, for tests), demo "
+                        "3 / 8 (about 2.5 minutes on 2 cores, the demo's), repro 6 / 30 (the "
+                        "README's figures, a few minutes per student; default)")
+    p.add_argument("--image-size", type=int, default=32,
+                   help="side in pixels the digit scans are upscaled to (default 32)")
     p.add_argument("--with-online", action=argparse.BooleanOptionalAction, default=True,
                    help="also train with the teacher online (default on)")
     p.add_argument("--value-formats", nargs="+", choices=VALUE_FORMATS, default=["fp16"],
                    help="one store (and student) per value format, same seeds (fp16)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the inits, augmentations and batches (default 0)")
     p.add_argument("--fresh", action="store_true", help="recompute every stage")
     add_runtime_flags(p)
 

@@ -11,8 +11,11 @@ Stages (each resumable; finished ones are skipped on a rerun unless ``fresh``):
    b. on labels alone (mixed one-hot, label smoothing)               ``student_labels/``
    c. with the teacher online (its full softmax each step), optional ``student_online/``
 
-``results.json`` holds the test accuracies and every setting. Stored and online distillation
-see the same pixels, and, with the same batch size, the teacher sees the same batches in both,
+``results.json`` holds the test accuracies and every setting; ``student_arch.json`` the
+students' architecture, for the tools that take ``--arch`` (``python -m linear_probe kshot
+--arch OUT/student_arch.json --weights OUT/student_store/student.pth --dataset digits``).
+
+Stored and online distillation see the same pixels, and, with the same batch size, the teacher sees the same batches in both,
 so their targets differ only by the top-K truncation and the rounding of the store's value
 format; two value formats with the same seeds differ by their rounding alone.
 """
@@ -49,7 +52,7 @@ TEACHER_AUG = dict(hflip=0.0, scale=(0.5, 1.0), auto_augment=None, re_prob=0.0, 
                    cutmix=0.0)
 
 SCALES: dict[str, dict] = {
-    # ~2.5 minutes on 2 CPU cores for the three default stages.
+    # ~2.5 minutes on 2 CPU cores for the three default stages (the demo's distill stage).
     "demo": dict(teacher_epochs=3, epochs=8, batch_size=64, topk=5, lr=2e-3, teacher_lr=3e-3,
                  eval_every=8),
     # The reproduction the README reports: a few minutes per student.
@@ -86,7 +89,7 @@ def run_pipeline(out_dir: str, student_arch: str | dict = None, *, image_size: i
     per student, plus the teacher), ``stores`` (path, record bytes per value format),
     ``seconds`` per stage, ``settings``; it is also written to ``out_dir/results.json``.
     """
-    from ..backbone import build_timm_tinyvit
+    from ..backbone import build_timm_tinyvit, resolve_arch
 
     if scale not in SCALES:
         raise DistillError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
@@ -107,10 +110,13 @@ def run_pipeline(out_dir: str, student_arch: str | dict = None, *, image_size: i
     common = dict(val_set=val, device=dev, amp_dtype=amp, workers=workers, progress=progress,
                   log=log)
     seconds, accuracy, weights = {}, {}, {}
+    arch_file = os.path.join(out_dir, "student_arch.json")
+    atomic_write_json(arch_file, resolve_arch(student_arch))
+    steps = 2 + len(value_formats) + 1 + int(with_online)  # teacher, store(s), students
 
     # 1. teacher
     tic = time.time()
-    log(f"[mini-repro] 1/4 teacher: timm {TEACHER_MODEL} on digits labels "
+    log(f"[mini-repro] 1/{steps} teacher: timm {TEACHER_MODEL} on digits labels "
         f"({cfg['teacher_epochs']} epochs)")
     teacher_dir = os.path.join(out_dir, "teacher")
     res = train_classifier(
@@ -126,7 +132,7 @@ def run_pipeline(out_dir: str, student_arch: str | dict = None, *, image_size: i
 
     # 2. stores, one per value format
     tic = time.time()
-    log(f"[mini-repro] 2/4 store: top-{cfg['topk']} teacher probabilities for "
+    log(f"[mini-repro] 2/{steps} store: top-{cfg['topk']} teacher probabilities for "
         f"{cfg['epochs']} augmented epochs ({', '.join(value_formats)})")
     teacher, teacher_info = load_teacher(TEACHER_MODEL, weights["teacher"], info.num_classes,
                                          data_mean=aug.mean, data_std=aug.std)
@@ -154,11 +160,10 @@ def run_pipeline(out_dir: str, student_arch: str | dict = None, *, image_size: i
     runs.append(("labels", "labels", {}))
     if with_online:
         runs.append(("online", "online", dict(teacher=teacher)))
-    for key, name, kwargs in runs:
+    for step, (key, name, kwargs) in enumerate(runs, 3):
         tic = time.time()
         mode = "store" if "store" in kwargs else name
-        log(f"[mini-repro] {4 if mode != 'store' else 3}/4 student from {name} "
-            f"({cfg['epochs']} epochs)")
+        log(f"[mini-repro] {step}/{steps} student from {name} ({cfg['epochs']} epochs)")
         res = train_classifier(student, train_set, info, aug,
                                TrainSettings(mode=mode, **student_settings),
                                os.path.join(out_dir, f"student_{name}"),
@@ -171,7 +176,8 @@ def run_pipeline(out_dir: str, student_arch: str | dict = None, *, image_size: i
         torch.manual_seed(seed)  # the very init every student started from
         atomic_torch_save(init_path, student().state_dict())
     weights["init"] = os.path.abspath(init_path)
-    result = dict(accuracy=accuracy, weights=weights, seconds=seconds,
+    result = dict(accuracy=accuracy, weights=weights, arch=os.path.abspath(arch_file),
+                  seconds=seconds,
                   store=stores[value_formats[0]], stores=stores,
                   settings=dict(scale=scale, **cfg, image_size=image_size, seed=seed,
                                 value_formats=list(value_formats),
@@ -181,6 +187,8 @@ def run_pipeline(out_dir: str, student_arch: str | dict = None, *, image_size: i
                                 torch_threads=torch.get_num_threads()))
     atomic_write_json(os.path.join(out_dir, "results.json"), result)
     log("[mini-repro] test top-1: " + json.dumps({k: round(v, 2) for k, v in accuracy.items()}))
+    log(f"[mini-repro] probe the distilled student: python -m linear_probe kshot --arch "
+        f"{arch_file} --weights {weights['store']} --dataset digits")
     return result
 
 

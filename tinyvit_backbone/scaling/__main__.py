@@ -71,25 +71,28 @@ def build_targets(args) -> list[Constraints]:
             for p, m, t, name in zip(params, macs, thr, names)]
 
 
-def _throughput(args) -> DeviceThroughput | None:
+def _throughput(args, progress: bool | None = False) -> DeviceThroughput | None:
     if args.no_throughput:
         return None
     return DeviceThroughput(batch_size=args.throughput_batch_size,
                             resolution=args.throughput_resolution or args.resolution,
                             device=args.device, warmup=args.throughput_warmup,
                             repeat=args.throughput_repeat, num_classes=args.num_classes,
-                            amp=args.amp is not False)
+                            amp=args.amp is not False, progress=progress)
 
 
 def cmd_measure(args) -> dict:
-    thr = None if not args.throughput else _throughput(args)
+    thr = None if not args.throughput else _throughput(args, progress=args.progress is not False)
     rows = []
-    for name in args.archs:
+    for number, name in enumerate(args.archs, 1):
         arch = canonical(name)
         row = dict(arch=name, key=arch_key(arch), **arch,
                    params=count_params(arch, args.num_classes),
                    macs=count_macs(arch, args.resolution, args.num_classes))
         if thr is not None:
+            logging.info("%d/%d %s: measuring img/s on %s, %d warmup + %d timed batches of %d "
+                         "at %d px", number, len(args.archs), name, select_device(args.device),
+                         thr.warmup, thr.repeat, thr.batch_size, thr.resolution)
             row["throughput_img_s"] = thr(arch)
         rows.append(row)
         logging.info("%s: %.3fM params, %.3f GMACs%s", name, row["params"] / 1e6,
@@ -154,10 +157,14 @@ def make_parser() -> argparse.ArgumentParser:
                        "--throughput-resolution) (default 224)")
         p.add_argument("--num-classes", type=int, default=1000,
                        help="classifier head used for counting (default 1000, as in the paper)")
-        p.add_argument("--throughput-batch-size", type=int, default=64)
-        p.add_argument("--throughput-resolution", type=int, default=None)
-        p.add_argument("--throughput-warmup", type=int, default=2)
-        p.add_argument("--throughput-repeat", type=int, default=5)
+        p.add_argument("--throughput-batch-size", type=int, default=64,
+                       help="images per timed batch (default 64)")
+        p.add_argument("--throughput-resolution", type=int, default=None,
+                       help="input side for the throughput (default: --resolution)")
+        p.add_argument("--throughput-warmup", type=int, default=2,
+                       help="untimed batches first (default 2)")
+        p.add_argument("--throughput-repeat", type=int, default=5,
+                       help="timed batches; img/s = batch size / their median time (default 5)")
         p.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: torch's choice); 1 on a shared machine")
         add_runtime_flags(p, workers=False,
@@ -185,21 +192,31 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--proxy", choices=["train", "snip"], default="train",
                    help="train: short training on the embedded digits, held-out accuracy "
                    "(default); snip: zero-cost saliency at initialisation")
-    s.add_argument("--proxy-steps", type=int, default=100)
-    s.add_argument("--proxy-batch-size", type=int, default=32)
-    s.add_argument("--proxy-lr", type=float, default=1e-3)
-    s.add_argument("--proxy-resolution", type=int, default=32)
+    s.add_argument("--proxy-steps", type=int, default=100,
+                   help="training steps per candidate of the train proxy (default 100)")
+    s.add_argument("--proxy-batch-size", type=int, default=32,
+                   help="digits per proxy step (default 32)")
+    s.add_argument("--proxy-lr", type=float, default=1e-3,
+                   help="learning rate of the train proxy (default 1e-3)")
+    s.add_argument("--proxy-resolution", type=int, default=32,
+                   help="side in pixels of the proxy's digits (default 32; 224 to rank window "
+                        "sizes, on a GPU)")
     s.add_argument("--holdout-fraction", type=float, default=0.2,
                    help="part of the digits train split held out for the proxy score")
-    s.add_argument("--candidates-per-round", type=int, default=6)
+    s.add_argument("--candidates-per-round", type=int, default=6,
+                   help="candidates contracted and scored per round (default 6)")
     s.add_argument("--round-ratio", type=float, default=0.7,
                    help="a round shrinks a limit to at least this fraction of the current model")
     s.add_argument("--band", type=float, default=0.1,
                    help="drop candidates more than this fraction inside every limit")
-    s.add_argument("--factors", nargs="+", choices=FACTORS, default=list(FACTORS))
-    s.add_argument("--min-dim", type=int, default=32)
-    s.add_argument("--min-depth", type=int, default=1)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--factors", nargs="+", choices=FACTORS, default=list(FACTORS),
+                   help="what a contraction may change (default: all of them)")
+    s.add_argument("--min-dim", type=int, default=32,
+                   help="smallest embed dim of a stage (default 32)")
+    s.add_argument("--min-depth", type=int, default=1,
+                   help="fewest blocks in a stage (default 1)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the candidate sampling and the proxy (default 0)")
     s.add_argument("--no-throughput", action="store_true",
                    help="do not measure img/s (no --min-throughput then)")
     cost_flags(s)

@@ -13,6 +13,7 @@ from ..backbone import build_timm_tinyvit
 from ..complexity import METHOD as COMPLEXITY_METHOD
 from ..complexity import count_macs, count_params
 from ..device import select_device
+from ..progress import progress_bar
 
 ThroughputFn = Callable[[dict], float]
 """``arch -> images per second``; the search takes any such callable (tests pass a stub)."""
@@ -26,7 +27,8 @@ class DeviceThroughput:
     batches of ``batch_size`` x 3 x ``resolution`` x ``resolution``; the result is
     ``batch_size / median seconds``. On CUDA the forward runs under fp16 autocast when ``amp``
     (as throughput is reported in the paper: V100, mixed precision) and the clock waits for the
-    device.
+    device. ``progress`` shows a bar over the batches (a CPU takes minutes for the 21M model at
+    batch 64); it is not a setting of the measurement.
     """
 
     batch_size: int = 64
@@ -36,6 +38,7 @@ class DeviceThroughput:
     repeat: int = 5
     amp: bool = True
     num_classes: int = 1000
+    progress: bool | None = field(default=False, compare=False)
 
     def __post_init__(self):
         if self.batch_size < 1 or self.resolution < 32 or self.repeat < 1 or self.warmup < 0:
@@ -44,6 +47,7 @@ class DeviceThroughput:
 
     def settings(self) -> dict:
         d = asdict(self)
+        d.pop("progress")
         device = select_device(self.device)
         d["device"] = str(device)
         d["amp"] = bool(self.amp and device.type == "cuda")  # autocast is used on CUDA only
@@ -62,13 +66,17 @@ class DeviceThroughput:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
 
-        for _ in range(self.warmup):
-            forward()
         times = []
-        for _ in range(self.repeat):
-            start = time.perf_counter()
-            forward()
-            times.append(time.perf_counter() - start)
+        with progress_bar(total=self.warmup + self.repeat, unit="batch", enabled=self.progress,
+                          desc=f"img/s, batch {self.batch_size} at {self.resolution} px") as bar:
+            for _ in range(self.warmup):
+                forward()
+                bar.update()
+            for _ in range(self.repeat):
+                start = time.perf_counter()
+                forward()
+                times.append(time.perf_counter() - start)
+                bar.update()
         return self.batch_size / statistics.median(times)
 
 
