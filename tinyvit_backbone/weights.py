@@ -67,8 +67,8 @@ RECORD_SUFFIX = ".record.json"
 URL_KEYED_DIR = "by_url"
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 TIMEOUT_S = 60.0
-# A TCP connect to a reachable host takes milliseconds, even across continents; a machine
-# without a route answers at once or never, so a few seconds tell "offline" apart.
+# A TCP connect to a reachable host takes well under a second, even across continents; a
+# machine without a route answers at once or never, so a few seconds tell "offline" apart.
 PROBE_TIMEOUT_S = 3.0
 _HUB_TAG = re.compile(r"^timm/[\w.\-]+$")
 
