@@ -3,5 +3,5 @@
 # cascade_tinyvit21m.py) is compared with. Same setting; only the weights differ.
 _base_ = './_base_/cascade_mask_rcnn_tinyvit_fpn_giou_4conv1fc_ms_1x.py'
 
-pretrained = 'https://github.com/wkcn/TinyViT-model-zoo/releases/download/checkpoints/tiny_vit_21m_1k.pth'  # noqa
-model = dict(backbone=dict(init_cfg=dict(checkpoint=pretrained)))
+model = dict(backbone=dict(init_cfg=dict(
+    checkpoint='https://github.com/wkcn/TinyViT-model-zoo/releases/download/checkpoints/tiny_vit_21m_1k.pth')))  # noqa

@@ -11,8 +11,10 @@ Output folder::
     plots/fewshot_<dataset>.png  plots/accuracy_vs_params.png  plots/accuracy_vs_throughput.png
     summary.json                     table sizes, files written, and the notes
 
-Nothing in the outputs depends on the time, the machine or where the inputs live (inputs are
-named by their base names), so the same inputs give byte-identical files. Each file is written
+Nothing in the outputs depends on the machine or where the inputs live (inputs are named by
+their base names, or by their path from a common folder where two share one), so the same
+inputs give byte-identical files; the clock enters only through the one judgement it must make,
+whether a silent run has crashed (:data:`reproduction.runs.STALE_MINUTES`). Each file is written
 to a temporary file in the same folder and moved into place, so a reader never sees half a file.
 """
 from __future__ import annotations
@@ -28,11 +30,12 @@ from . import paper_tables as paper
 from . import tables as build
 from .bench_report import BenchReport, read_bench_report
 from .probes import ProbeResults, read_results
-from .runs import Run, find_work_dirs, read_run
+from .runs import STALE_MINUTES, Run, find_work_dirs, read_runs
 
 PLOT_PREFIXES = ("fewshot_", "accuracy_vs_")
-NOTE_TITLES = (("missing", "Missing"), ("in_progress", "In progress"),
-               ("malformed", "Malformed"), ("failed", "Failed"), ("warnings", "Warnings"))
+NOTE_TITLES = (("missing", "Missing"), ("in_progress", "In progress"), ("crashed", "Crashed"),
+               ("malformed", "Malformed"), ("failed", "Failed"),
+               ("config_only", "Config only (never logged)"), ("warnings", "Warnings"))
 
 
 @dataclass
@@ -46,13 +49,15 @@ class Report:
 
 
 def build_report(work_dirs: list[str], result_files: list[str],
-                 bench_report: str | None) -> Report:
+                 bench_report: str | None, *, now: float | None = None,
+                 stale_minutes: float = STALE_MINUTES) -> Report:
     """Read everything and build the tables (no files written). Raises FileNotFoundError for
-    an input path that does not exist; every problem inside an input goes into the notes."""
+    an input path that does not exist; every problem inside an input goes into the notes.
+    ``now`` and ``stale_minutes``: see :func:`reproduction.runs.read_run`."""
     dirs = find_work_dirs(list(work_dirs))
     results = read_results(list(result_files))
     bench = read_bench_report(bench_report)
-    runs = [read_run(d) for d in dirs]
+    runs = read_runs(dirs, now=now, stale_minutes=stale_minutes)
     notes = build.Notes()
     build.note_runs(runs, notes)
     notes.malformed.extend(results.malformed)
@@ -70,7 +75,7 @@ def build_report(work_dirs: list[str], result_files: list[str],
         build.episodes_table(results, notes),
         build.models_table(bench, notes),
     ]
-    inputs = {"work_dirs": sorted({os.path.basename(os.path.normpath(d)) for d in dirs}),
+    inputs = {"work_dirs": sorted(r.name for r in runs),
               "results": [os.path.basename(p) for p in result_files],
               "bench": [os.path.basename(bench_report)] if bench_report else []}
     return Report(tables, notes, runs, results, bench, inputs)
@@ -87,7 +92,7 @@ def notes_markdown(notes: build.Notes) -> str:
     lines = ["## Not in the tables", ""]
     d = notes.as_dict()
     if not any(d.values()):
-        return "\n".join(lines + ["Nothing is missing, in progress, malformed or failed.", ""])
+        return "\n".join(lines + ["Nothing is missing, in progress, crashed, malformed or failed.", ""])
     for key, title in NOTE_TITLES:
         if d[key]:
             lines += [f"### {title}", "", *(f"- {x}" for x in d[key]), ""]
@@ -124,14 +129,17 @@ def report_latex(report: Report) -> str:
 
 
 def make_tables(work_dirs: list[str], result_files: list[str], bench_report: str | None,
-                out_dir: str, plots: bool = True) -> dict:
+                out_dir: str, plots: bool = True, *, now: float | None = None,
+                stale_minutes: float = STALE_MINUTES) -> dict:
     """Read the runs, results and benchmark report; write every table, plot and the summary
     into ``out_dir``. Returns the summary (also written to ``summary.json``)::
 
         {"tables": {slug: rows}, "files": [relative paths], "runs": {name: status},
-         "records": n, "missing" | "in_progress" | "malformed" | "failed" | "warnings": [...]}
+         "records": n, "missing" | "in_progress" | "crashed" | "malformed" | "failed" |
+         "config_only" | "warnings": [...]}
     """
-    report = build_report(work_dirs, result_files, bench_report)
+    report = build_report(work_dirs, result_files, bench_report, now=now,
+                          stale_minutes=stale_minutes)
     pngs: dict[str, bytes] = {}
     if plots:
         from .plots import accuracy_plots, fewshot_plots

@@ -20,7 +20,7 @@ from tinyvit_backbone.tabular import Cell, Column, Table, num, text
 from . import published as pub
 from .probes import ProbeResults, Record, official_variant
 from .runs import Run
-from .tables import Notes
+from .tables import Notes, row_label, run_label
 
 PROTOCOL_LINEAR = "mocov3"
 PROTOCOL_FEWSHOT = "cdfsl"
@@ -84,11 +84,12 @@ def table6(runs: list[Run], notes: Notes) -> Table:
         ours = sorted(by_row.get(p.pretraining, []), key=lambda r: r.name)
         for run in ours:
             m = run.metrics
-            table.add_row([text("ours"), text(label), num(run.config.backbone_params_m), Cell(),
+            table.add_row([text(row_label(run)), text(label), num(run.config.backbone_params_m),
+                           Cell(),
                            *(num(100.0 * m[key]) if m.get(key, -1) >= 0 else Cell(text="n/a")
                              for _, key in pub.TABLE6_METRICS),
                            num(100.0 * m["coco/segm_mAP"]) if "coco/segm_mAP" in m else Cell(),
-                           text(f"{run.name} ({run.eval_source})")])
+                           text(run_label(run))])
         if not ours:
             table.add_row([text("missing"), text(label), *(Cell() for _ in range(9)),
                            text(table6_command(p.pretraining))])

@@ -20,24 +20,41 @@ How a run is judged (the newest launch decides):
   interval of ``max_iters``) and an evaluation line follows it. mmengine's train loops always
   validate after the last epoch / iteration when a val loop exists.
 * **in progress**: training lines stop before the end, or the end was reached but no
-  evaluation line follows yet (still evaluating; a run that died there stays "in progress"
-  until it is evaluated with ``tools/test.py``), or the newest launch has written nothing yet.
-  mmengine writes no closing line to the ``.log``, so the log text is not used to decide this.
-* **failed**: the newest ``.log`` ends in a Python traceback (mmengine itself does not log
-  the exception that kills a run; a launcher that sends stderr into the log does).
+  evaluation line follows yet (still evaluating), or the newest launch has written no line
+  yet, and something in the run was written within the last :data:`STALE_MINUTES` minutes.
+* **crashed**: the same, but nothing in the newest launch folder or at the work dir root (log,
+  scalars, checkpoints) was written for :data:`STALE_MINUTES` minutes. mmengine writes no
+  closing line and does not log the exception that kills a run (it goes to the launcher's
+  stderr), so silence is the only sign a dead run leaves in its work dir. A healthy run writes
+  its log at least every logging interval, during evaluation too (a minute or two on a GPU, a
+  quarter of an hour for a large config on a laptop CPU), so an hour of silence means the
+  process is gone, or hangs. A run that died while building (no dataset, no weights) has a log
+  and no training line: "crashed while starting".
+* **failed**: the newest ``.log`` ends in a Python traceback (a launcher that sends stderr into
+  the log leaves one).
+* **config only**: a dumped config and no ``<YYYYmmdd_HHMMSS>/`` folder. mmengine creates the
+  log folder before it dumps the config, so such a run never logged (or its logs were removed).
 * **malformed**: no readable dumped config, a line of scalars.json that is not JSON (except an
   unterminated last line, which is a write in progress), or the evaluation used lacks the
   metrics its table needs or has values out of range (COCO: fractions 0-1 or -1, seg: percent).
+
+:func:`read_runs` reads many work dirs at once: a name shared by work dirs under different
+parents is told apart by the path from their common folder (``a/work_dirs/x``,
+``b/work_dirs/x``), and runs of the same dumped config (apart from where and how it was
+launched: ``work_dir``, ``launcher``, ``resume``, ``load_from``, ``randomness``) list each other
+in ``duplicates``, so a table can say that two rows are one setting.
 
 A malformed or unfinished run contributes no numbers at all.
 """
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 
 from .run_config import ConfigError, RunConfig, describe_config, load_config
@@ -48,6 +65,10 @@ BOOKKEEPING = frozenset({"step", "epoch", "iter", "lr", "base_lr", "data_time", 
 COCO_SUFFIXES = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
 SEG_REQUIRED = ("mIoU", "aAcc")
 SEG_OPTIONAL = frozenset({"mAcc"})  # IoUMetric writes it with the default iou_metrics
+STALE_MINUTES = 60.0  # silence after which a run that has not ended counts as crashed
+# Where and how a config was launched, not what it trains: left out when comparing runs.
+LAUNCH_KEYS = frozenset({"work_dir", "launcher", "resume", "load_from", "randomness"})
+_DUMPED_CONFIG = re.compile(r"^model = ", re.M)
 
 
 class RunError(Exception):
@@ -70,6 +91,8 @@ class Run:
     config: RunConfig | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     eval_source: str | None = None
+    config_digest: str | None = None  # of the dumped config without LAUNCH_KEYS
+    duplicates: list[str] = field(default_factory=list)  # other runs of the same config
 
     @property
     def task(self) -> str | None:
@@ -104,10 +127,28 @@ def is_work_dir(path: str) -> bool:
                for d in os.listdir(path))
 
 
+def _is_dumped_run(path: str) -> bool:
+    """A folder holding only what mmengine dumps first: ``<name>.py`` (or any ``*.py`` with a
+    top-level ``work_dir``, as tools/train.py dumps it) with a top-level ``model`` (a folder
+    of configs or scripts has neither)."""
+    name = os.path.basename(os.path.normpath(path))
+    for py in glob.glob(os.path.join(glob.escape(path), "*.py")):
+        try:
+            with open(py, encoding="utf-8", errors="replace") as f:
+                text = f.read(1 << 20)
+        except OSError:
+            continue
+        if _DUMPED_CONFIG.search(text) and (os.path.basename(py) == f"{name}.py"
+                                            or re.search(r"^work_dir = ", text, re.M)):
+            return True
+    return False
+
+
 def find_work_dirs(paths: list[str]) -> list[str]:
     """Each path is a work_dir, or a folder whose direct children are work_dirs (such as
-    mmdet's ``work_dirs/``); a folder with only a dumped ``*.py`` and no work dir inside is a
-    run that has not logged yet. Sorted by name, duplicates removed."""
+    mmdet's ``work_dirs/``); a child holding only a dumped config (:func:`_is_dumped_run`) is
+    a run that has not logged, and a folder with only a dumped ``*.py`` and no work dir inside
+    is one too. Sorted by name, duplicates removed."""
     found: dict[str, str] = {}
     for path in paths:
         if not os.path.isdir(path):
@@ -117,7 +158,7 @@ def find_work_dirs(paths: list[str]) -> list[str]:
             found[os.path.realpath(path)] = path
             continue
         kids = [os.path.join(path, d) for d in sorted(os.listdir(path))]
-        kids = [k for k in kids if is_work_dir(k)]
+        kids = [k for k in kids if is_work_dir(k) or (os.path.isdir(k) and _is_dumped_run(k))]
         if not kids and glob.glob(os.path.join(glob.escape(path), "*.py")):
             kids = [path]
         if not kids:
@@ -289,7 +330,10 @@ def _training_ended(cfg: RunConfig, line: dict) -> bool:
 def judge(work_dir: str, cfg: RunConfig, launches: list[Launch]) -> tuple[dict, str]:
     """-> (metrics as written, where they came from); raises RunError otherwise."""
     if not launches:
-        raise RunError("in progress", "no <YYYYmmdd_HHMMSS>/ log folder yet")
+        raise RunError("config only", "a dumped config and no <YYYYmmdd_HHMMSS>/ log folder: "
+                       "mmengine writes that folder before the config, so this run never "
+                       "logged (or its logs were removed); start it with tools/train.py CONFIG "
+                       f"--work-dir {work_dir}")
     newest = launches[-1]
     if newest.crashed:
         raise RunError("failed", f"{newest.name}/{newest.name}.log ends in a traceback: "
@@ -337,19 +381,104 @@ def eval_lines(work_dir: str, metric: str | None = None) -> list[dict]:
     return [obj for obj in lines if metric is None or metric in obj]
 
 
-def read_run(work_dir: str) -> Run:
-    """Never raises for a bad run: the status and reason say what is wrong."""
-    name = os.path.basename(os.path.normpath(work_dir))
-    cfg = None
+def last_write(work_dir: str, launch: str | None) -> float:
+    """The newest modification time (s since the epoch) in the launch folder (log, scalars,
+    test metrics) or at the work dir root (checkpoints, ``last_checkpoint``)."""
+    newest = 0.0
+    tops = [os.path.join(work_dir, launch)] if launch else []
+    for top in tops:
+        for folder, _, files in os.walk(top):
+            for f in files:
+                try:
+                    newest = max(newest, os.path.getmtime(os.path.join(folder, f)))
+                except OSError:  # removed while we look
+                    pass
+    for entry in os.scandir(work_dir):
+        if entry.is_file():
+            try:
+                newest = max(newest, entry.stat().st_mtime)
+            except OSError:
+                pass
+    return newest
+
+
+def _crashed(reason: str, launch: str, started: bool, name: str, minutes: float) -> str:
+    silence = (f"nothing was written for over {minutes:g} min, so the process is gone or hangs "
+               "(mmengine logs no exception: look in the launcher's output or the job's "
+               "stderr)")
+    if not started:
+        return (f"crashed while starting: launch {launch} logged no training line, and "
+                f"{silence}; fix the cause and rerun")
+    return (f"{reason}; {silence}; resume it with tools/train.py CONFIG --work-dir {name} "
+            "--resume")
+
+
+def config_digest(cfg: dict) -> str:
+    """What a run trains and tests: its dumped config without :data:`LAUNCH_KEYS`."""
+    kept = {k: v for k, v in cfg.items() if k not in LAUNCH_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_run(work_dir: str, *, name: str | None = None, now: float | None = None,
+             stale_minutes: float = STALE_MINUTES) -> Run:
+    """Never raises for a bad run: the status and reason say what is wrong. ``now`` (default:
+    the clock) and ``stale_minutes`` decide when a silent run counts as crashed."""
+    name = name or os.path.basename(os.path.normpath(work_dir))
+    cfg = digest = None
+    launches: list[Launch] = []
     try:
         launches_names = launch_names(work_dir)
         cfg_path = find_config(work_dir, launches_names)
         try:
-            cfg = describe_config(load_config(cfg_path))
+            loaded = load_config(cfg_path)
+            cfg = describe_config(loaded)
         except ConfigError as err:
             raise RunError("malformed", str(err).replace(work_dir + os.sep, "")) from None
+        digest = config_digest(loaded)
         launches = [read_launch(work_dir, ts) for ts in launches_names]
         metrics, source = judge(name, cfg, launches)
-        return Run(name, "complete", "", cfg, check_metrics(metrics, source, cfg), source)
+        return Run(name, "complete", "", cfg, check_metrics(metrics, source, cfg), source,
+                   digest)
     except RunError as err:
-        return Run(name, err.status, err.reason, cfg)
+        status, reason = err.status, err.reason
+        if status == "in progress" and launches:
+            now = time.time() if now is None else now
+            if now - last_write(work_dir, launches[-1].name) > 60.0 * stale_minutes:
+                started = any(kind == "train" for kind, _, _ in launches[-1].entries)
+                status, reason = "crashed", _crashed(reason, launches[-1].name, started, name,
+                                                     stale_minutes)
+        return Run(name, status, reason, cfg, config_digest=digest)
+
+
+def run_names(work_dirs: list[str]) -> list[str]:
+    """One name per work dir: its folder name, or where two share it, the path from their
+    common folder (``a/work_dirs/x`` and ``b/work_dirs/x``), so no two rows look alike."""
+    names = [os.path.basename(os.path.normpath(d)) for d in work_dirs]
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        groups.setdefault(n, []).append(i)
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue
+        full = [os.path.abspath(work_dirs[i]) for i in idx]
+        common = os.path.commonpath(full)
+        for i, path in zip(idx, full):
+            names[i] = os.path.relpath(path, common).replace(os.sep, "/")
+    return names
+
+
+def read_runs(work_dirs: list[str], *, now: float | None = None,
+              stale_minutes: float = STALE_MINUTES) -> list[Run]:
+    """:func:`read_run` for each work dir (as :func:`find_work_dirs` lists them), with names
+    told apart (:func:`run_names`) and runs of one config listing each other."""
+    now = time.time() if now is None else now
+    runs = [read_run(d, name=n, now=now, stale_minutes=stale_minutes)
+            for d, n in zip(work_dirs, run_names(work_dirs))]
+    same: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.config_digest:
+            same.setdefault(run.config_digest, []).append(run)
+    for group in same.values():
+        for run in group:
+            run.duplicates = sorted(r.name for r in group if r is not run)
+    return runs

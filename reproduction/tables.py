@@ -2,8 +2,9 @@
 
 Every builder is a pure function of its inputs plus a :class:`Notes` it appends to; rows are
 sorted so the same inputs give the same tables. Published rows come first, marked
-"published", then ours; a run that is in progress, failed or malformed keeps its row with
-"—" in every number, and an expected run that is absent gets a "missing" row. Everything not
+"published", then ours; a run that is in progress, crashed, failed, malformed or only a
+dumped config keeps its row with "—" in every number, and an expected run that is absent gets a
+"missing" row. Runs of one config are marked "(duplicate)" and name each other. Everything not
 in the numbers is listed in the notes at the end of the report.
 """
 from __future__ import annotations
@@ -29,8 +30,8 @@ from .runs import Run
 PROTOCOL_NOTE = ("mocov3 = MoCo v3's linear probe (the paper's); cdfsl = cdfsl's finetune.py "
                  "(the paper's); clip-lbfgs = the CLIP L-BFGS sweep on cached features (fast); "
                  "lbfgs-fast = L-BFGS episodes on cached features (fast).")
-STATUS_ROW = {"complete": "ours", "in progress": "in progress", "malformed": "malformed",
-              "failed": "failed"}
+STATUS_ROW = {"complete": "ours", "in progress": "in progress", "crashed": "crashed",
+              "malformed": "malformed", "failed": "failed", "config only": "config only"}
 
 
 @dataclass
@@ -39,8 +40,10 @@ class Notes:
 
     missing: list[str] = field(default_factory=list)
     in_progress: list[str] = field(default_factory=list)
+    crashed: list[str] = field(default_factory=list)
     malformed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    config_only: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, list[str]]:
@@ -54,10 +57,20 @@ def _pct(v: float | None) -> Cell:
     return Cell(text="n/a") if v < 0 else num(100.0 * v)
 
 
-def _run_label(run: Run) -> str:
+def run_label(run: Run) -> str:
+    """The run / source cell: its name, where its numbers come from, and the other runs of
+    its config."""
+    label = run.name
     if run.status == "complete" and run.eval_source:
-        return f"{run.name} ({run.eval_source})"
-    return run.name
+        label = f"{run.name} ({run.eval_source})"
+    if run.duplicates:
+        label += "; same config as " + ", ".join(run.duplicates)
+    return label
+
+
+def row_label(run: Run) -> str:
+    """The row cell: the run's status, and "(duplicate)" when another run has its config."""
+    return STATUS_ROW[run.status] + (" (duplicate)" if run.duplicates else "")
 
 
 def natural_key(s: str | None) -> tuple:
@@ -95,12 +108,12 @@ def coco_table(runs: list[Run], notes: Notes) -> Table:
         m = run.metrics
         segm = "coco/segm_mAP" in m
         table.add_row([
-            text(STATUS_ROW[run.status]), text(c and c.backbone), num(c and c.backbone_params_m),
+            text(row_label(run)), text(c and c.backbone), num(c and c.backbone_params_m),
             text(c and c.model), text(c and c.schedule), text(c and c.pretrained),
             text(c and c.dataset),
             *(_pct(m.get(f"coco/bbox_{s}")) for s in ("mAP", "mAP_50", "mAP_75", "mAP_s",
                                                       "mAP_m", "mAP_l")),
-            _pct(m.get("coco/segm_mAP")) if segm else Cell(), text(_run_label(run))])
+            _pct(m.get("coco/segm_mAP")) if segm else Cell(), text(run_label(run))])
     table.footnotes = [
         "Published rows: Table 6 of the TinyViT paper (every column) and Swin's model zoo (box "
         "and mask AP only). Published params are as printed (Swin-T 28M, TinyViT-21M 21M); ours "
@@ -123,11 +136,11 @@ def segmentation_table(runs: list[Run], notes: Notes) -> Table:
     for run in sorted((r for r in runs if r.task == "seg"), key=_run_sort_key):
         c = run.config
         m = run.metrics
-        table.add_row([text(STATUS_ROW[run.status]), text(c and c.backbone),
+        table.add_row([text(row_label(run)), text(c and c.backbone),
                        num(c and c.backbone_params_m), text(c and c.model),
                        text(c and c.dataset), text(c and c.schedule), text(c and c.pretrained),
                        num(m.get("mIoU")), num(m.get("aAcc")), num(m.get("mAcc")),
-                       text(_run_label(run))])
+                       text(run_label(run))])
     table.footnotes = [f"Published mIoU is single-scale; with multi-scale + flip testing "
                        f"{pub.SEGMENTATION[0].backbone} {pub.SEGMENTATION[0].decoder} reaches "
                        f"{pub.SEGMENTATION[0].miou_ms} ({pub.SEGMENTATION[0].source})."]
@@ -135,9 +148,11 @@ def segmentation_table(runs: list[Run], notes: Notes) -> Table:
 
 
 def note_runs(runs: list[Run], notes: Notes) -> None:
-    """List every run that gave no numbers, and runs whose params could not be counted."""
-    lists = {"in progress": notes.in_progress, "malformed": notes.malformed,
-             "failed": notes.failed}
+    """List every run that gave no numbers, runs of one config, and runs whose params could
+    not be counted."""
+    lists = {"in progress": notes.in_progress, "crashed": notes.crashed,
+             "malformed": notes.malformed, "failed": notes.failed,
+             "config only": notes.config_only}
     for run in runs:
         if run.status in lists:
             lists[run.status].append(f"{run.name}: {run.reason}")
@@ -146,6 +161,12 @@ def note_runs(runs: list[Run], notes: Notes) -> None:
         if run.task is None and run.status in ("complete", "in progress"):
             notes.warnings.append(f"{run.name}: neither detection nor segmentation (no "
                                   "default_scope mmdet/mmseg, no metrics); in no table")
+        if run.duplicates:
+            group = sorted([run.name, *run.duplicates])
+            notes.warnings.append(
+                f"{', '.join(group)}: runs of the same config (they differ only in work_dir, "
+                "launcher, resume, load_from or randomness), each a row marked (duplicate); "
+                "keep one, or report them as repeats")
 
 
 # ---------------------------------------------------------------------------- classification

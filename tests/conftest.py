@@ -36,6 +36,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _restore_environ():
+    """Each test starts from the session's environment: code under test may set process-wide
+    variables (tools/train.py sets LOCAL_RANK, as mmdet's train script does), which would
+    change what a later test sees, e.g. the device ``auto`` picks."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
 def _seed_everything():
     random.seed(0)
     np.random.seed(0)

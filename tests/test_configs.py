@@ -122,6 +122,59 @@ def test_the_three_table6_rows_differ_only_in_backbone_or_weights(loaded):
 def test_inferred_values_are_labelled_as_ours(loaded):
     base = (ROOT / "det_configs/_base_/cascade_mask_rcnn_tinyvit_fpn_giou_4conv1fc_ms_3x.py").read_text()
     assert "Our inference, not published" in base and "also Swin-T's" not in base
+    # the two TinyViT choices Swin's config cannot make, each with its reason where it is set
+    for line in ("out_norms=False,", "norm_eval=False,"):
+        before = base[:base.index(line)].rsplit("\n\n", 1)[-1].split("drop_path_rate")[-1]
+        assert "# Our inference:" in before, line
+    readme = (ROOT / "det_configs/README.md").read_text()
+    assert "| maps fed to FPN | as the backbone computes them, no LayerNorm (`out_norms=False`) " \
+           "| our inference |" in readme
+    assert "| TinyViT's BatchNorms | train mode, per-GPU statistics (`norm_eval=False`, no " \
+           "SyncBN) | our inference |" in readme
+
+
+@pytest.mark.parametrize("path", [p for p in CASCADE_1X if "swin" not in p]
+                         + ["det_configs/cascade_tinyvit21m_3x.py"])
+def test_tinyvit_feeds_fpn_unnormalised_maps_and_trains_per_gpu_batchnorms(loaded, path):
+    from torch import nn
+
+    from tinyvit_backbone.backbone import TinyViT
+
+    cfg = loaded[path]
+    backbone = cfg.model.backbone
+    assert backbone.out_norms is False and backbone.norm_eval is False
+    assert "sync_bn" not in cfg  # mmengine's Runner would convert every BatchNorm
+    kwargs = {k: v for k, v in backbone.items() if k not in ("type", "init_cfg")}
+    model = TinyViT(**kwargs).train()
+    assert not [n for n, _ in model.named_children() if n.startswith("norm")]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(type(m) is nn.BatchNorm2d and m.training for m in norms)
+
+
+def _urls(node, found):
+    if isinstance(node, str) and node.startswith(("http://", "https://")):
+        found.add(node)
+    elif isinstance(node, dict):
+        for value in node.values():
+            _urls(value, found)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _urls(value, found)
+    return found
+
+
+def test_no_config_carries_a_url_its_model_does_not_load(loaded):
+    """What `mim run mmdet print_config` shows is what runs: no weights URL of an inherited
+    config (mmdet's ConvNeXt, mmseg's Swin-T) or of another backbone lingers at the top level."""
+    for path, cfg in loaded.items():
+        used = set(_init_checkpoints(cfg.model, []))
+        stray = {k: v for k, v in cfg.items() if k != "model" and _urls(v, set()) - used}
+        assert not stray, (path, stray)
+        assert "checkpoint_file" not in cfg, path
+        assert "convnext" not in cfg.pretty_text.lower(), path
+    swin = loaded["det_configs/cascade_swin-t_1x.py"]
+    assert "pretrained" not in swin and "TinyViT-model-zoo" not in swin.pretty_text
+    assert "TinyViT-model-zoo" not in loaded["det_configs/mask_rcnn_swin-t_1x.py"].pretty_text
 
 
 def test_no_decay_groups_follow_swins_keys(loaded):

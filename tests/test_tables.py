@@ -1,11 +1,15 @@
 """End-to-end: the hand-made inputs under tests/fixtures/tables give exactly the committed
 Markdown and CSV, twice over byte for byte (plots included), and the CLI fails cleanly.
 
-The fixtures cover a complete detection run resumed once, a detection run in progress (last
-line half-written), malformed runs (a non-JSON line; an evaluation lacking the segm metrics the
-config asked for; no dumped config), a failed run (log ending in a traceback), a segmentation
-run finished by a test launch and one still evaluating; probe results with malformed,
-duplicate and half-written lines; a benchmark report with one bad figure.
+The fixtures cover a complete detection run resumed once and a second run of its config (a
+duplicate), a detection run in progress (last line half-written), one that crashed while
+starting (a log and nothing else, silent for days), one that is only a dumped config, malformed
+runs (a non-JSON line; an evaluation lacking the segm metrics the config asked for; no dumped
+config), a failed run (log ending in a traceback), a segmentation run finished by a test launch
+and one still evaluating; probe results with malformed, duplicate and half-written lines; a
+benchmark report with one bad figure. Whether a run is in progress or crashed depends on how
+long it has been silent, so the tests read a copy of the work dirs whose file times they set:
+every run written just now, except the crashed one.
 
 After an intended change of the output, regenerate the expected files with
 ``TINYVIT_UPDATE_EXPECTED=1 python -m pytest tests/test_tables.py`` and review the diff.
@@ -14,6 +18,8 @@ import filecmp
 import importlib.util
 import json
 import os
+import shutil
+import time
 
 import pytest
 
@@ -22,17 +28,35 @@ from reproduction.make import make_tables
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures", "tables")
 EXPECTED = os.path.join(FIX, "expected")
-ARGS = dict(work_dirs=[os.path.join(FIX, "work_dirs")],
-            result_files=[os.path.join(FIX, "results", "probe.jsonl"),
-                          os.path.join(FIX, "results", "probe_running.jsonl"),
-                          os.path.join(FIX, "results", "paper_protocols.jsonl")],
-            bench_report=os.path.join(FIX, "bench", "report.json"))
+INPUTS = dict(result_files=[os.path.join(FIX, "results", "probe.jsonl"),
+                            os.path.join(FIX, "results", "probe_running.jsonl"),
+                            os.path.join(FIX, "results", "paper_protocols.jsonl")],
+              bench_report=os.path.join(FIX, "bench", "report.json"))
+CRASHED = "mask-rcnn_tinyvit-21m_fpn_1x_coco"  # silent for two days
 
 
 @pytest.fixture(scope="module")
-def outputs(tmp_path_factory):
+def work_dirs(tmp_path_factory):
+    """The fixture work dirs, written just now, the crashed run two days ago."""
+    root = tmp_path_factory.mktemp("tables_in") / "work_dirs"
+    shutil.copytree(os.path.join(FIX, "work_dirs"), root)
+    now = time.time()
+    for folder, _, files in os.walk(root):
+        for f in files:
+            t = now - 2 * 86400 if os.path.relpath(folder, root).startswith(CRASHED) else now
+            os.utime(os.path.join(folder, f), (t, t))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def args(work_dirs):
+    return dict(INPUTS, work_dirs=[work_dirs])
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory, args):
     out_a = tmp_path_factory.mktemp("tables_a")
-    summary = make_tables(out_dir=str(out_a), **ARGS)
+    summary = make_tables(out_dir=str(out_a), **args)
     return out_a, summary
 
 
@@ -63,16 +87,19 @@ def test_summary_reports_every_run_and_input_problem(outputs):
     _, summary = outputs
     assert summary["runs"] == {
         "cascade-mask-rcnn_tinyvit-21m_fpn_1x_coco": "complete",
+        "cascade-mask-rcnn_tinyvit-21m_fpn_1x_coco_rerun": "complete",
         "faster-rcnn_tinyvit-21m_fpn_1x_coco": "malformed",
         "mask-rcnn_tinyvit-11m_fpn_1x_coco": "malformed",
+        "mask-rcnn_tinyvit-21m_fpn_1x_coco": "crashed",
         "mask-rcnn_tinyvit-5m_fpn_1x_coco": "in progress",
         "orphan_run": "malformed",
+        "retina_tinyvit-21m_1x_coco": "config only",
         "retina_tinyvit-5m_1x_coco": "failed",
         "upernet_tinyvit-21m_8xb2-160k_ade20k-512x512": "complete",
         "upernet_tinyvit-5m_8xb2-160k_ade20k-512x512": "in progress",
     }
-    assert summary["tables"] == {"table6": 6, "table5_linear": 8, "table5_fewshot": 9,
-                                 "ablations": 7, "coco": 11, "segmentation": 3,
+    assert summary["tables"] == {"table6": 7, "table5_linear": 8, "table5_fewshot": 9,
+                                 "ablations": 7, "coco": 14, "segmentation": 3,
                                  "linear_probe": 6, "kshot": 2, "episodes": 5, "models": 5}
     assert summary["records"] == 29
     malformed = "\n".join(summary["malformed"])
@@ -86,6 +113,15 @@ def test_summary_reports_every_run_and_input_problem(outputs):
     assert any("epoch 7/12 (last line still being written)" in x for x in summary["in_progress"])
     assert any("OutOfMemoryError" in x for x in summary["failed"])
     assert any("duplicate result" in x for x in summary["warnings"])
+    assert summary["crashed"] == [
+        f"{CRASHED}: crashed while starting: launch 20240511_100000 logged no training line, "
+        "and nothing was written for over 60 min, so the process is gone or hangs (mmengine "
+        "logs no exception: look in the launcher's output or the job's stderr); fix the cause "
+        "and rerun"]
+    assert [x.split(":")[0] for x in summary["config_only"]] == ["retina_tinyvit-21m_1x_coco"]
+    assert any(x.startswith("cascade-mask-rcnn_tinyvit-21m_fpn_1x_coco, cascade-mask-rcnn_"
+                            "tinyvit-21m_fpn_1x_coco_rerun: runs of the same config")
+               for x in summary["warnings"])
 
 
 def test_published_and_ours_side_by_side(outputs):
@@ -100,9 +136,9 @@ def test_published_and_ours_side_by_side(outputs):
     assert "| 46.07 | 81.80 | 57.21 |" in seg and "(test 20240509_100000)" in seg
 
 
-def test_same_inputs_give_byte_identical_outputs(outputs, tmp_path):
+def test_same_inputs_give_byte_identical_outputs(outputs, args, tmp_path):
     out_a, summary_a = outputs
-    summary_b = make_tables(out_dir=str(tmp_path), **ARGS)
+    summary_b = make_tables(out_dir=str(tmp_path), **args)
     assert summary_a == summary_b
     files = _files(out_a)
     assert files == _files(tmp_path)
@@ -144,8 +180,8 @@ def test_cli_missing_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys)
     assert not out.exists()
 
 
-def test_cli_writes_tables(tmp_path, capsys):
-    assert _cli("--work-dirs", os.path.join(FIX, "work_dirs"), "--results",
+def test_cli_writes_tables(work_dirs, tmp_path, capsys):
+    assert _cli("--work-dirs", work_dirs, "--results",
                 os.path.join(FIX, "results", "probe.jsonl"), "--out", str(tmp_path),
                 "--no-plots") == 0
     assert "see tables.md" in capsys.readouterr().out
@@ -154,15 +190,15 @@ def test_cli_writes_tables(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_in_a_fresh_process_gives_the_same_bytes(outputs, tmp_path):
+def test_cli_in_a_fresh_process_gives_the_same_bytes(outputs, args, tmp_path):
     """Determinism across processes (PNG rendering included), through the real entry point."""
     import subprocess
     import sys
     out_a, _ = outputs
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "make_tables.py"), "--work-dirs",
-         *ARGS["work_dirs"], "--results", *ARGS["result_files"], "--bench",
-         ARGS["bench_report"], "--out", str(tmp_path)],
+         *args["work_dirs"], "--results", *args["result_files"], "--bench",
+         args["bench_report"], "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     files = _files(out_a)

@@ -21,7 +21,7 @@ from reproduction.probes import (
     pretraining_of,
     read_results,
 )
-from reproduction.runs import find_work_dirs, read_run
+from reproduction.runs import STALE_MINUTES, find_work_dirs, read_run, read_runs
 from tinyvit_backbone import tabular as render
 from tinyvit_backbone.complexity import classifier_complexity
 from tinyvit_backbone.files import atomic_write_text as atomic_write
@@ -110,6 +110,13 @@ def real_runs(tmp_path_factory):
         time.sleep(1.1)  # a new launch folder needs a new second
         _runner(root / "tested", dict(type="EpochBasedTrainLoop", max_epochs=2, val_interval=1),
                 "tables_test", load_from=str(root / "tested" / "epoch_2.pth")).test()
+        # Dies while building its training loop, as a run without its dataset does: mmengine
+        # has written its log and config by then, and logs nothing of the exception.
+        broken = _runner(root / "crashed", dict(type="EpochBasedTrainLoop", max_epochs=2,
+                                                val_interval=1), "tables_crashed")
+        broken._train_dataloader = dict(dataset=dict(type="NoSuchDataset"))
+        with pytest.raises(KeyError, match="NoSuchDataset"):
+            broken.train()
     finally:
         for manager in managers:
             for name in [n for n in manager._instance_dict if n not in before[manager]]:
@@ -212,7 +219,7 @@ def test_missing_config_is_malformed(real_runs, tmp_path):
 
 def test_find_work_dirs(real_runs, tmp_path):
     found = find_work_dirs([str(real_runs)])
-    assert [os.path.basename(p) for p in found] == ["epoch", "iter", "tested"]
+    assert [os.path.basename(p) for p in found] == ["crashed", "epoch", "iter", "tested"]
     assert find_work_dirs([str(real_runs / "iter"), str(real_runs)]) == found
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="not an mmengine work dir"):
@@ -367,3 +374,81 @@ def test_one_label_for_two_weights_becomes_two_rows(tmp_path):
     res = read_results([str(path)])
     assert sorted(r.model for r in res.records) == ["m @aaaaaaaa", "m @bbbbbbbb"]
     assert "is used for 2 different weights" in res.warnings[0]
+
+
+# ------------------------------------------------------------------ crashed, duplicate, config only
+def test_a_run_that_died_while_building_is_crashed_once_silent(real_runs):
+    wd = str(real_runs / "crashed")
+    (ts,) = _launches(wd)
+    assert (real_runs / "crashed" / ts / f"{ts}.log").exists()
+    assert "Traceback" not in (real_runs / "crashed" / ts / f"{ts}.log").read_text()
+    fresh = read_run(wd)
+    assert fresh.status == "in progress" and "no results written yet" in fresh.reason
+    later = time.time() + 60 * STALE_MINUTES + 60
+    run = read_run(wd, now=later)
+    assert run.status == "crashed" and run.reason.startswith("crashed while starting")
+    assert "fix the cause and rerun" in run.reason
+    assert read_run(wd, now=later, stale_minutes=24 * 60).status == "in progress"
+
+
+def test_a_run_that_stopped_training_is_crashed_once_silent(real_runs, tmp_path):
+    wd = tmp_path / "epoch"
+    shutil.copytree(real_runs / "epoch", wd)
+    path = _scalars(wd)
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]))  # epoch 1 only
+    assert read_run(str(wd)).status == "in progress"
+    old = time.time() - 60 * STALE_MINUTES - 60
+    for folder, _, files in os.walk(wd):
+        for f in files:
+            os.utime(os.path.join(folder, f), (old, old))
+    run = read_run(str(wd))
+    assert run.status == "crashed" and run.reason.startswith("epoch 1/2; nothing was written")
+    assert "--resume" in run.reason
+    # a complete run stays complete, however old
+    assert read_run(str(real_runs / "epoch"), now=time.time() + 10 ** 6).status == "complete"
+
+
+def test_a_dumped_config_without_logs_is_listed_from_its_parent(real_runs, tmp_path):
+    parent = tmp_path / "work_dirs"
+    shutil.copytree(real_runs / "epoch", parent / "epoch")
+    (parent / "waiting").mkdir()
+    (ts,) = _launches(parent / "epoch")
+    shutil.copy(parent / "epoch" / f"{ts}.py", parent / "waiting" / "waiting.py")
+    (parent / "notes").mkdir()  # a folder of other files is no run
+    (parent / "notes" / "plot.py").write_text("import matplotlib\n")
+    found = find_work_dirs([str(parent)])
+    assert [os.path.basename(p) for p in found] == ["epoch", "waiting"]
+    run = read_run(found[1])
+    assert run.status == "config only" and "never logged" in run.reason
+    from reproduction.tables import Notes, coco_table, note_runs
+    from tinyvit_backbone.tabular import to_markdown
+    notes = Notes()
+    runs = read_runs(found)
+    note_runs(runs, notes)
+    assert any(n.startswith("waiting: a dumped config") for n in notes.config_only)
+    assert "| config only (duplicate) | TinyViT-5M |" in to_markdown(coco_table(runs, notes))
+
+
+def test_same_names_and_same_configs_are_told_apart(real_runs, tmp_path):
+    for parent in ("x", "y"):
+        shutil.copytree(real_runs / "epoch", tmp_path / parent / "work_dirs" / "epoch")
+    shutil.copytree(real_runs / "epoch", tmp_path / "x" / "work_dirs" / "epoch_again")
+    shutil.copytree(real_runs / "iter", tmp_path / "x" / "work_dirs" / "iter")
+    found = find_work_dirs([str(tmp_path / "x" / "work_dirs"), str(tmp_path / "y" / "work_dirs")])
+    runs = {r.name: r for r in read_runs(found)}
+    assert sorted(runs) == ["epoch_again", "iter", "x/work_dirs/epoch", "y/work_dirs/epoch"]
+    assert runs["x/work_dirs/epoch"].duplicates == ["epoch_again", "y/work_dirs/epoch"]
+    assert runs["iter"].duplicates == []  # another train_cfg: another config
+
+    from reproduction.tables import Notes, coco_table, note_runs
+    from tinyvit_backbone.tabular import to_markdown
+    notes = Notes()
+    note_runs(list(runs.values()), notes)
+    md = to_markdown(coco_table(list(runs.values()), notes))
+    rows = [line for line in md.splitlines() if "(final val" in line]
+    assert len(rows) == 4 and len(set(rows)) == 4
+    assert sum("| ours (duplicate) |" in r for r in rows) == 3
+    assert any("y/work_dirs/epoch (final val, epoch 2); same config as epoch_again, "
+               "x/work_dirs/epoch" in r for r in rows)
+    assert any(w.startswith("epoch_again, x/work_dirs/epoch, y/work_dirs/epoch: runs of the "
+                            "same config") for w in notes.warnings)

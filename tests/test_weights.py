@@ -35,7 +35,9 @@ NAME = "tiny_vit_5m_1k"  # the registry's smallest 1000-class checkpoint (21 MB)
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves the folder; records every GET; sends half of the files listed in ``cut``."""
+    """Serves the folder; records every GET; sends half of the files listed in ``cut`` (after
+    their full Content-Length), or in ``cut_quietly`` (without a Content-Length, so the cut
+    looks like the end of the file)."""
 
     def log_message(self, *args):  # keep the test output clean
         pass
@@ -43,10 +45,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
         self.server.hits.append(self.path)
         name = self.path.lstrip("/")
-        if name in self.server.cut:
+        if name in self.server.cut or name in self.server.cut_quietly:
             data = (Path(self.directory) / name).read_bytes()
             self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
+            if name in self.server.cut:
+                self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data[: len(data) // 2])
             self.close_connection = True
@@ -80,7 +83,7 @@ def server(served):
     root = served[0]
     httpd = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
-    httpd.hits, httpd.cut = [], set()
+    httpd.hits, httpd.cut, httpd.cut_quietly = [], set(), set()
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -97,6 +100,7 @@ def mirror(server, tmp_path, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     server.hits.clear()
     server.cut.clear()
+    server.cut_quietly.clear()
     return server
 
 
@@ -219,6 +223,121 @@ def test_interrupted_download_keeps_nothing_and_a_rerun_fetches_it(mirror):
     assert not dest.exists() and not [p for p in dest.parent.iterdir() if p.is_file()]
     mirror.cut.clear()
     assert _sha256(resolve_weights(NAME, progress=False).path) == _sha256(dest)
+
+
+def test_a_cut_without_content_length_is_not_kept_and_a_plain_rerun_fetches_it(mirror):
+    """The server closes the connection halfway and never said how long the file is: the
+    half file looks like a finished download, so only the file itself can tell."""
+    mirror.cut_quietly.add(f"{NAME}.pth")
+    dest = Path(cache_path(zoo.ZOO[NAME].url))
+    with pytest.raises(CheckpointError, match=r"no Content-Length was sent.*cut short.*"
+                                              r"truncated.*nothing was kept: rerun to fetch"):
+        TinyViT(arch="5m", pretrained=NAME).init_weights()
+    assert not dest.exists() and not Path(str(dest) + RECORD_SUFFIX).exists()
+    assert not [p for p in dest.parent.iterdir() if p.is_file()]
+    mirror.cut_quietly.clear()
+    # The remedy the message promises, as written: run the same thing again.
+    model = TinyViT(arch="5m", pretrained=NAME)
+    model.init_weights()
+    assert mirror.hits == [f"/{NAME}.pth"] * 2
+    assert json.loads(Path(str(dest) + RECORD_SUFFIX).read_text())["sha256"] == _sha256(dest)
+
+
+def test_a_half_file_recorded_before_verification_existed_is_fetched_again(mirror, served):
+    """A cache poisoned by an older version (a half file with a matching size / sha256 record
+    and no "verified" field), and a half file put there by hand: neither is used."""
+    data = (served[0] / f"{NAME}.pth").read_bytes()
+    dest = Path(cache_path(zoo.ZOO[NAME].url))
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(data[: len(data) // 2])
+    Path(str(dest) + RECORD_SUFFIX).write_text(json.dumps(dict(
+        url=zoo.ZOO[NAME].url, name=NAME, size=dest.stat().st_size, sha256=_sha256(dest))))
+    messages = []
+    weights = resolve_weights(NAME, log=messages.append)
+    assert any("refused" in m and "truncated" in m for m in messages), messages
+    assert dest.read_bytes() == data and weights.sha256 == _sha256(dest)
+    assert json.loads(Path(str(dest) + RECORD_SUFFIX).read_text())["verified"]
+    dest.write_bytes(data[: len(data) // 3])  # by hand, no record
+    Path(str(dest) + RECORD_SUFFIX).unlink()
+    messages.clear()
+    assert resolve_weights(NAME, log=messages.append).sha256 == _sha256(dest)
+    assert dest.read_bytes() == data and len(mirror.hits) == 2
+    assert any("without a download record" in m and "truncated" in m for m in messages)
+
+
+def test_what_counts_as_a_complete_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    from tinyvit_backbone.weights import checkpoint_problem
+
+    zipped, old, st = tmp_path / "z.pth", tmp_path / "old.pth", tmp_path / "w.safetensors"
+    torch.save({"w": torch.arange(1000.0)}, zipped)
+    torch.save({"w": torch.arange(1000.0)}, old, _use_new_zipfile_serialization=False)
+    save_file({"w": torch.arange(1000.0)}, str(st))
+    for path in (zipped, old, st):
+        assert checkpoint_problem(str(path)) is None, path
+        whole = path.read_bytes()
+        path.write_bytes(whole[: len(whole) - 100])
+        assert checkpoint_problem(str(path)) is not None, path
+    torch.save({"w": torch.arange(1000.0)}, zipped)
+    flipped = bytearray(zipped.read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF  # inside the tensor data
+    zipped.write_bytes(bytes(flipped))
+    assert "CRC" in checkpoint_problem(str(zipped))
+    page = tmp_path / "page.pth"
+    page.write_bytes(b"<!DOCTYPE html><html>sign in to this network</html>")
+    assert "torch.load cannot read it" in checkpoint_problem(str(page))
+
+
+def test_the_cache_is_keyed_on_the_url_not_on_the_file_name(mirror, served):
+    """/a/x.pth and /c/x.pth are two checkpoints; /b/x.pth does not exist. Registry URLs keep
+    the place mmengine and torch.hub give them, so either finds the other's download."""
+    import torch.hub
+
+    root = served[0]
+    for sub, value in (("a", 1.0), ("c", 2.0)):
+        (root / "keyed" / sub).mkdir(parents=True, exist_ok=True)
+        torch.save({"w": torch.full((3,), value)}, root / "keyed" / sub / "x.pth")
+    a, b, c = (f"{mirror.base}/keyed/{sub}/x.pth" for sub in "abc")
+    first = resolve_weights(a)
+    with pytest.raises(CheckpointError, match=r"HTTP 404"):
+        resolve_weights(b)
+    third = resolve_weights(c)
+    assert mirror.hits == ["/keyed/a/x.pth", "/keyed/b/x.pth", "/keyed/c/x.pth"]
+    assert torch.load(first.path)["w"][0] == 1.0 and torch.load(third.path)["w"][0] == 2.0
+    assert resolve_weights(a).path == first.path and len(mirror.hits) == 3
+    for weights, url in ((first, a), (third, c)):
+        assert json.loads(Path(weights.path + RECORD_SUFFIX).read_text())["url"] == url
+    flat = Path(torch.hub.get_dir()) / "checkpoints"
+    assert cache_path(zoo.ZOO[NAME].url) == str(flat / f"{NAME}.pth")
+    assert cache_path(zoo.ZOO[NAME].official_url) == str(flat / f"{NAME}.pth")
+    assert Path(first.path).parent.parent == flat / "by_url"
+
+    # A file at a registry name's place whose record names another URL is not that checkpoint.
+    other = f"{mirror.base}/keyed/a/{NAME}.pth"
+    dest = flat / f"{NAME}.pth"
+    dest.write_bytes((root / "keyed" / "a" / "x.pth").read_bytes())
+    Path(str(dest) + RECORD_SUFFIX).write_text(json.dumps(dict(
+        url=other, name=None, size=dest.stat().st_size, sha256=_sha256(dest),
+        verified="complete checkpoint")))
+    messages = []
+    weights = resolve_weights(NAME, log=messages.append)
+    assert any(f"came from {other}" in m for m in messages), messages
+    assert weights.sha256 == _sha256(root / f"{NAME}.pth") and mirror.hits[-1] == f"/{NAME}.pth"
+
+
+def test_a_complete_file_the_loader_refuses_is_not_blamed_on_the_download(mirror, served):
+    import argparse
+
+    (served[0] / "pickled").mkdir(exist_ok=True)
+    torch.save({"model": {"x": torch.ones(2)}, "args": argparse.Namespace(lr=1)},
+               served[0] / "pickled" / "with_args.pth")
+    url = f"{mirror.base}/pickled/with_args.pth"
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(TinyViT(arch=TINY), url)
+    text = str(err.value)
+    assert "re-save only its state dict" in text and "verified complete" in text
+    assert "delete" not in text and "rerun" not in text
 
 
 def test_404_and_a_dead_server_name_the_url_and_the_manual_path(mirror, served, monkeypatch):
@@ -361,6 +480,70 @@ def test_mmengine_fetches_registry_urls_through_the_zoo(mirror):
     assert os.path.isfile(cache_path(url) + RECORD_SUFFIX)
 
 
+_RESUME_SCRIPT = """
+import sys
+import torch
+from torch import nn
+
+if sys.argv[1] == "plugin-first":
+    import tinyvit_backbone  # noqa: F401  (what a config's custom_imports does)
+    light = "mmengine.runner" not in sys.modules
+    from mmengine.runner import Runner
+else:
+    from mmengine.runner import Runner
+    import tinyvit_backbone  # noqa: F401
+    light = True
+from mmengine.model import BaseModel
+
+
+class Toy(BaseModel):  # no TinyViT anywhere in this process
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 1)
+
+    def forward(self, x, y=None, mode="tensor"):
+        out = self.fc(x).squeeze(-1)
+        return dict(loss=((out - y) ** 2).mean()) if mode == "loss" else list(out)
+
+
+class Data(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return dict(x=torch.full((2,), float(i)), y=torch.tensor(float(i)))
+
+
+def runner(epochs, resume):
+    return Runner(model=Toy(), work_dir=sys.argv[2], resume=resume,
+                  train_dataloader=dict(dataset=Data(), batch_size=2,
+                                        sampler=dict(type="DefaultSampler", shuffle=False),
+                                        collate_fn=dict(type="default_collate")),
+                  train_cfg=dict(by_epoch=True, max_epochs=epochs),
+                  optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.01)),
+                  default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=1)))
+
+
+runner(1, False).train()
+resumed = runner(2, True)
+resumed.train()
+print("light import:", light)
+"""
+
+
+@pytest.mark.parametrize("order", ["plugin-first", "runner-first"])
+def test_mmengine_resumes_with_the_plugin_imported_and_no_tinyvit_built(tmp_path, order):
+    """torch >= 2.6 loads with weights_only=True; mmengine's checkpoints hold its
+    HistoryBuffer and NumPy scalars. With the package imported (before or after mmengine's
+    runner), a run resumes whatever its model; importing the package still loads no runner."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, order, str(tmp_path / "wd")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert "resumed epoch: 1, iter: 2" in run.stdout  # mmengine's own line
+    assert "light import: True" in run.stdout
+
+
 # ----------------------------------------------------------------------------- Hugging Face hub
 def _hf_cache(root: Path, repo: str, data: bytes) -> Path:
     """A Hugging Face cache holding ``model.safetensors`` of ``repo``, laid out as
@@ -417,6 +600,48 @@ def test_hub_tag_resolves_from_a_prepopulated_cache_offline(served, tmp_path):
     assert "is damaged" in out[damaged_tag] and str(blob) in out[damaged_tag]
     assert "HF_HUB_OFFLINE=1" in out[missing]
     assert f"https://huggingface.co/{missing}/resolve/main/model.safetensors" in out[missing]
+
+
+_UNREACHABLE_SCRIPT = """
+import json, sys, time
+from tinyvit_backbone.weights import CheckpointError, resolve_weights
+out = {}
+for spec in sys.argv[1:]:
+    start = time.monotonic()
+    try:
+        out[spec] = resolve_weights(spec).path
+    except CheckpointError as err:
+        out[spec] = str(err)
+    out[spec + ' s'] = time.monotonic() - start
+print(json.dumps(out))
+"""
+
+
+def test_an_unreachable_hub_is_told_at_once_and_the_cache_still_serves(served, tmp_path):
+    """No network: huggingface_hub would retry each file five times (47 s for a tag before
+    the answer). A connect probe finds the dead endpoint at once; a cached tag still loads
+    and a missing one gets the offline advice, with no retry in between."""
+    from safetensors.torch import save
+
+    _, ref5, _ = served
+    tag, missing = zoo.ZOO[NAME].hub_tag, "timm/tiny_vit_5m_224.dist_in22k_ft_in1k"
+    _hf_cache(tmp_path / "hf", tag, save({k: v.contiguous() for k, v in ref5.state_dict().items()}))
+    dead = _dead_url()
+    env = dict(os.environ, HF_ENDPOINT=dead, HF_HUB_CACHE=str(tmp_path / "hf"),
+               HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1,localhost",
+               PYTHONPATH=str(ROOT))
+    env.pop("HF_HUB_OFFLINE", None)
+    run = subprocess.run([sys.executable, "-c", _UNREACHABLE_SCRIPT, tag, missing],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out[tag].endswith("model.safetensors")
+    assert "the hub is unreachable: no connection to 127.0.0.1:" in out[missing]
+    assert f"{dead}/{missing}/resolve/main/model.safetensors" in out[missing]
+    assert "Retry" not in run.stderr + run.stdout
+    # Generous bounds (a probe takes milliseconds here); huggingface_hub's retries take 23 s
+    # per file.
+    assert out[tag + " s"] < 15 and out[missing + " s"] < 15, out
 
 
 class _FakeHub(http.server.BaseHTTPRequestHandler):

@@ -394,8 +394,9 @@ def read_weights(weights: Spec, *, progress: bool | None = None,
     except CheckpointError as err:
         if resolved.kind == "path":
             raise
-        raise CheckpointError(f"{err} It came from {resolved.source}: delete {resolved.path} "
-                              "and rerun to fetch it again.") from None
+        # Downloads are kept only once verified complete: fetching it again cannot help.
+        raise CheckpointError(f"{err} It came from {resolved.source} ({resolved.path}, "
+                              "verified complete when it was downloaded).") from None
     return unwrap_state_dict(ckpt, resolved.describe(), log), resolved
 
 

@@ -20,8 +20,11 @@ from collections.abc import Callable
 from typing import IO, Any
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write(f)`` on a temporary binary file, then move it to ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any],
+                 check: Callable[[str], Any] | None = None) -> None:
+    """Call ``write(f)`` on a temporary binary file, then move it to ``path``. ``check``, when
+    given, is called with the temporary file's path once it is complete on disk; an exception
+    it raises keeps the file from ever reaching ``path`` (the temporary file is removed)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -31,6 +34,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:

@@ -16,12 +16,17 @@ More hooks serve whole runs, not only TinyViT: mmengine's checkpoint loader fetc
 model zoo's URLs through :mod:`tinyvit_backbone.weights` (mirror, size and sha256 checks, e.g.
 for a Swin-T baseline's ``init_cfg``), ``torch.load(weights_only=True)`` is allowed to read
 mmengine's own checkpoints (``resume``), and a Runner built from a config first checks that its
-dataset files are there (:mod:`.config_data`). They are installed right away when the
-importer has loaded mmengine's runner already (as mmdet's and mmseg's train scripts have when
-they read ``custom_imports``), and otherwise when the first TinyViT is built.
+dataset files are there (:mod:`.config_data`). They need torch, and they must be in place
+whenever mmengine's runner can run in a process that imported this package, whatever the
+model: they are installed right away when mmengine's runner is loaded already (as mmdet's and
+mmseg's train scripts have when they read ``custom_imports``), and otherwise the moment
+``mmengine.runner`` is imported (a one-shot import hook, :class:`_AfterRunnerImport`), so a run
+with no TinyViT in it resumes as well as one with.
 """
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import sys
 
 BACKBONE_NAME = "TinyViT"
@@ -60,9 +65,35 @@ def install_run_hooks() -> None:
     install_runner_check()
 
 
+class _AfterRunnerImport(importlib.abc.MetaPathFinder):
+    """Calls :func:`install_run_hooks` once ``mmengine.runner`` has been executed, then leaves
+    ``sys.meta_path``. It finds the module as the standard path finder does and only wraps
+    that loader's ``exec_module``; importing this package stays free of torch."""
+
+    TARGET = "mmengine.runner"
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.TARGET:
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec  # an unusual installation: build_tinyvit_backbone still installs them
+        exec_module = loader.exec_module
+
+        def exec_then_install(module):
+            exec_module(module)
+            install_run_hooks()
+
+        loader.exec_module = exec_then_install
+        return spec
+
+
 def register_all() -> None:
     """Register both builders in mmengine's root registries (idempotent), and the run hooks
-    when mmengine's runner is loaded already (module docstring)."""
+    now when mmengine's runner is loaded already, else when it is (module docstring)."""
     from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
     MODELS.register_module(name=BACKBONE_NAME, module=build_tinyvit_backbone, force=True)
@@ -70,3 +101,5 @@ def register_all() -> None:
                                                module=build_layer_decay_constructor, force=True)
     if "mmengine.runner" in sys.modules:
         install_run_hooks()
+    elif not any(isinstance(f, _AfterRunnerImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterRunnerImport())

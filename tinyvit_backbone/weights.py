@@ -2,35 +2,51 @@
 
 Specs, in the order they are recognised (:func:`classify`):
 
-* ``http://`` / ``https://`` URL: downloaded once into torch.hub's cache,
-  ``<torch.hub.get_dir()>/checkpoints/<file name>`` (``$TORCH_HOME/hub/checkpoints``), the
-  folder mmengine and torch.hub use, so a file fetched by either is found here and vice versa;
-  an official URL of the registry is fetched from the mirror ``TINYVIT_ZOO_MIRROR`` names;
+* ``http://`` / ``https://`` URL: downloaded once into torch.hub's cache folder
+  ``<torch.hub.get_dir()>/checkpoints`` (``$TORCH_HOME/hub/checkpoints``), keyed on the URL
+  (:func:`cache_path`). An official URL of the registry is fetched from the mirror
+  ``TINYVIT_ZOO_MIRROR`` names, and lands at ``checkpoints/<file name>``, where mmengine and
+  torch.hub put that URL's file too, so a file fetched by either is found here and vice versa.
+  Any other URL lands at ``checkpoints/by_url/<sha256(url)[:16]>/<file name>``: a file name
+  alone does not say which server it came from (``/a/x.pth`` and ``/b/x.pth`` may be two
+  checkpoints), and only the registry guarantees one file per name, on every mirror alike;
 * ``hf-hub:<org>/<repo>``: fetched by huggingface_hub into its cache (``HF_HOME`` /
   ``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads only the cache, ``HF_ENDPOINT`` selects a
-  mirror); ``model.safetensors``, else ``pytorch_model.bin``, as timm does;
+  mirror); ``model.safetensors``, else ``pytorch_model.bin``, as timm does. When the hub
+  cannot be reached (a connect probe of a few seconds, :func:`hub_unreachable`) only the cache
+  is read, instead of retrying for most of a minute;
 * an existing local file: used as is;
 * a registry name (:mod:`tinyvit_backbone.zoo`, e.g. ``tiny_vit_21m_22kto1k_distill``): its
   official URL, as above;
 * ``timm/<model>.<tag>``: a hub tag, as ``hf-hub:`` (a relative path of that name wins).
 
 Integrity. A URL download streams into a temporary file in the cache folder, with a progress
-bar, and is renamed only once complete (a length short of ``Content-Length`` is refused), so an
-interrupted download never looks complete. Its size and SHA-256 are then recorded next to it in
-``<file>.record.json`` (``{"url", "name", "size", "sha256", "recorded"}``) and checked on every
-later use, by URL, name or path: a truncated or altered file is refused, logged, and fetched
-again. A file placed in the cache by hand (offline machines) or by another tool has no record
-yet: it is recorded on first use. Hugging Face stores large files under their SHA-256
-(``blobs/<sha256>``); that name is the record checked on every use. Processes that resolve the
-same URL at once (torchrun ranks) take a file lock, so one downloads and the others reuse it.
+bar, and is renamed only once it is verified as a complete checkpoint
+(:func:`checkpoint_problem`: a length short of ``Content-Length`` is refused, and since a
+server that closes the connection early without a ``Content-Length`` looks like a finished
+download, the file itself must prove complete: a torch zip archive whose central directory is
+there and whose members pass their CRC check, a safetensors file whose header accounts for
+every byte, or an old-style torch file that ``torch.load`` reads), so an interrupted download is
+never kept and a rerun fetches it again. Its URL, size and SHA-256 are then recorded next to it
+in ``<file>.record.json`` (``{"url", "name", "size", "sha256", "verified", "recorded"}``) and
+checked on every later use, by URL, name or path: a truncated, altered or foreign file (a record
+naming another URL) is refused, logged, and fetched again. A file placed in the cache by hand
+(offline machines) or by another tool has no record yet: it is verified and recorded on first
+use; a record written before the completeness check existed is checked once more. Hugging Face
+stores large files under their SHA-256 (``blobs/<sha256>``); that name is the record checked on
+every use. Processes that resolve the same URL at once (torchrun ranks) take a file lock, so
+one downloads and the others reuse it.
 """
 from __future__ import annotations
 
 import difflib
+import hashlib
 import http.client
 import logging
 import os
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -48,8 +64,12 @@ logger = logging.getLogger(__name__)
 Log = Callable[[str], None]
 
 RECORD_SUFFIX = ".record.json"
+URL_KEYED_DIR = "by_url"
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 TIMEOUT_S = 60.0
+# A TCP connect to a reachable host takes well under a second, even across continents; a
+# machine without a route answers at once or never, so a few seconds tell "offline" apart.
+PROBE_TIMEOUT_S = 3.0
 _HUB_TAG = re.compile(r"^timm/[\w.\-]+$")
 
 
@@ -163,11 +183,17 @@ def cache_dir() -> str:
 
 
 def cache_path(url: str) -> str:
-    """Where the file of ``url`` is kept (and where a manually downloaded copy is picked up)."""
+    """Where the file of ``url`` is kept (and where a manually downloaded copy is picked up):
+    ``checkpoints/<name>`` for a registry URL (official or mirrored), as mmengine and torch.hub
+    keep it; ``checkpoints/by_url/<sha256(url)[:16]>/<name>`` for any other URL, so two URLs
+    that end in the same file name never share a file (module docstring)."""
     name = os.path.basename(urllib.parse.urlparse(url).path)
     if not name:
         raise CheckpointError(f"{url}: the URL names no file (it ends in '/')")
-    return os.path.join(cache_dir(), name)
+    if zoo.by_url(url) is not None:
+        return os.path.join(cache_dir(), name)
+    key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    return os.path.join(cache_dir(), URL_KEYED_DIR, key, name)
 
 
 def fetch_url(url: str, *, entry: ZooEntry | None = None, progress: bool | None = None,
@@ -178,20 +204,15 @@ def fetch_url(url: str, *, entry: ZooEntry | None = None, progress: bool | None 
     log = log or logger.info
     entry = entry or zoo.by_url(url)
     dest = cache_path(url)
-    locks = os.path.join(os.path.dirname(dest), ".locks")
+    locks = os.path.join(cache_dir(), ".locks")
     os.makedirs(locks, exist_ok=True)
-    with FileLock(os.path.join(locks, os.path.basename(dest) + ".lock")):
+    lock_name = os.path.relpath(dest, cache_dir()).replace(os.sep, "--") + ".lock"
+    with FileLock(os.path.join(locks, lock_name)):
         refused = None
         if os.path.isfile(dest):
-            record = _read_record(dest)
-            if record is None:
-                digest = _write_record(dest, url, entry)
-                log(f"{dest}: found without a download record (placed by hand or by another "
-                    "tool); recorded its size and sha256 for later checks")
-                return dest, digest
-            refused = _verify(dest, record)
+            digest, refused = _check_cached(dest, url, entry, log)
             if refused is None:
-                return dest, record["sha256"]
+                return dest, digest
             log(f"{dest}: refused ({refused}); downloading it again from {url}")
         try:
             _download(url, dest, entry, progress, log)
@@ -201,6 +222,87 @@ def fetch_url(url: str, *, entry: ZooEntry | None = None, progress: bool | None 
                                       f"again failed: {err}") from None
             raise
         return dest, _write_record(dest, url, entry)
+
+
+def _check_cached(dest: str, url: str, entry: ZooEntry | None,
+                  log: Log) -> tuple[str | None, str | None]:
+    """``(sha256, None)`` when the cached ``dest`` may serve ``url``, else ``(None, why not)``."""
+    record = _read_record(dest)
+    if record is None:
+        problem = checkpoint_problem(dest)
+        if problem is not None:
+            return None, f"found without a download record, and {problem}"
+        digest = _write_record(dest, url, entry)
+        log(f"{dest}: found without a download record (placed by hand or by another tool); "
+            "verified it as a complete checkpoint and recorded its size and sha256 for later "
+            "checks")
+        return digest, None
+    problem = _verify(dest, record)
+    if problem is None and not _same_source(record, url, entry):
+        problem = f"its record says it came from {record.get('url')}, not {url}"
+    if problem is None and "verified" not in record:
+        # Recorded before downloads were verified as complete checkpoints: a connection cut
+        # without a Content-Length may have been recorded as a finished download.
+        problem = checkpoint_problem(dest)
+        if problem is None:
+            return _write_record(dest, record.get("url") or url, entry), None
+    return (record["sha256"], None) if problem is None else (None, problem)
+
+
+def _same_source(record: dict, url: str, entry: ZooEntry | None) -> bool:
+    """A registry file may come from the official URL or any mirror (same bytes, same name);
+    anything else must come from this very URL."""
+    if entry is not None and record.get("name") == entry.name:
+        return True
+    return record.get("url") in (None, url)
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """None when ``path`` holds a complete checkpoint, else what is wrong with it.
+
+    Complete means: a zip archive (what ``torch.save`` writes) with its central directory, a
+    ``data.pkl`` and every member passing its CRC check; a safetensors file whose header
+    accounts for every byte (safetensors' own check); or else an old-style (pre-zip) torch file
+    that :func:`tinyvit_backbone.safe_load.torch_load` reads to the end. A truncated file, an
+    HTML page saved under a ``.pth`` name, or a damaged member fails.
+    """
+    import zipfile
+
+    size = os.path.getsize(path)
+    if size == 0:
+        return "it is empty"
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+                    return "it is a zip archive but no torch checkpoint (no data.pkl inside)"
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+            return f"it is a damaged zip archive ({err})"
+        return None if bad is None else f"its member {bad} fails its CRC check: damaged"
+    if head.startswith(b"PK\x03\x04"):
+        return f"it is a zip archive cut short after {size} bytes (no central directory at " \
+               "its end): truncated"
+    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: u64 header length, JSON header
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                f.keys()
+        except Exception as err:  # safetensors raises its own error types
+            return f"it is not a complete safetensors file ({err})"
+        return None
+    from .safe_load import torch_load
+
+    try:
+        torch_load(path, map_location="cpu")
+    except Exception as err:  # torch.load raises many types for a file it cannot read
+        return (f"torch.load cannot read it ({type(err).__name__}: {err}); first bytes "
+                f"{head[:8]!r}")
+    return None
 
 
 def _download(url: str, dest: str, entry: ZooEntry | None, progress: bool | None,
@@ -234,13 +336,23 @@ def _download(url: str, dest: str, entry: ZooEntry | None, progress: bool | None
             if total is not None and got != total:
                 raise CheckpointError(_interrupted_message(url, got, total, "connection closed"))
 
-        atomic_write(dest, write)
+        def check(tmp):
+            problem = checkpoint_problem(tmp)
+            if problem is not None:
+                got = os.path.getsize(tmp)
+                why = "no Content-Length was sent, so" if total is None else "yet"
+                raise CheckpointError(_interrupted_message(
+                    url, got, total, f"{why} the file is no complete checkpoint: "
+                    f"{problem.removeprefix('it ')}"))
+
+        atomic_write(dest, write, check=check)
 
 
 def _interrupted_message(url, got, total, why) -> str:
     size = f"{got} of {total} bytes" if total else f"{got} bytes"
     return (f"download of {url} stopped after {size} ({why}); nothing was kept: rerun to fetch "
-            "it again")
+            "it again (if it fails the same way, the server does not serve a checkpoint "
+            "there: check the URL)")
 
 
 def _manual_hint(url: str, dest: str, entry: ZooEntry | None) -> str:
@@ -284,10 +396,12 @@ def _read_record(path: str) -> dict | None:
 
 
 def _write_record(path: str, url: str, entry: ZooEntry | None) -> str:
+    """Record a file already verified by :func:`checkpoint_problem`."""
     digest = sha256_file(path)
     atomic_write_json(path + RECORD_SUFFIX, {
         "url": url, "name": entry.name if entry else None, "size": os.path.getsize(path),
-        "sha256": digest, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        "sha256": digest, "verified": "complete checkpoint",
+        "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return digest
 
 
@@ -326,12 +440,17 @@ def fetch_hub(repo_id: str, *, entry: ZooEntry | None = None, progress: bool | N
 
     log = log or logger.info
     bar = partial(progress_bar, enabled=progress)
+    # huggingface_hub retries a failed connection five times (about 23 s per file); without
+    # a network that is most of a minute before the answer. A connect probe answers at once.
+    unreachable = None if constants.HF_HUB_OFFLINE else hub_unreachable(constants.ENDPOINT)
+    local_only = unreachable is not None
     offline_error = None
     for filename in HUB_FILES:
         try:
-            path = hf_hub_download(repo_id, filename, tqdm_class=bar)
+            path = hf_hub_download(repo_id, filename, tqdm_class=bar, local_files_only=local_only)
         except LocalEntryNotFoundError as err:  # offline, or the hub unreachable
             offline_error = err
+            local_only = True  # the next file would wait for the same retries
             continue
         except EntryNotFoundError:  # the repository has no such file: try the next name
             continue
@@ -344,12 +463,47 @@ def fetch_hub(repo_id: str, *, entry: ZooEntry | None = None, progress: bool | N
         return path, _check_hub_file(repo_id, filename, path, bar, log)
     if offline_error is not None:
         url = f"{constants.ENDPOINT}/{repo_id}/resolve/main/{HUB_FILES[0]}"
-        mode = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else "the hub is unreachable"
+        if constants.HF_HUB_OFFLINE:
+            mode = "HF_HUB_OFFLINE=1 is set"
+        elif unreachable:
+            mode = f"the hub is unreachable: {unreachable}"
+        else:
+            mode = "the hub is unreachable"
         raise CheckpointError(
             f"hub tag {repo_id!r}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
             f"{mode}. Fetch it once with network access (e.g. `hf download {repo_id}`) into that "
             f"cache, or download {url} elsewhere and pass the file's path instead of the tag.")
     raise CheckpointError(f"hub tag {repo_id!r}: the repository holds none of {HUB_FILES}")
+
+
+def hub_unreachable(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when a TCP connection to ``endpoint``'s host (or to the proxy the environment
+    names for it, as huggingface_hub's HTTP client would use) opens within ``timeout``
+    seconds, else why not. A name lookup that hangs counts against the same time."""
+    parsed = urllib.parse.urlparse(endpoint)
+    host = parsed.hostname or ""
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parsed.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        via = urllib.parse.urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = via.hostname or "", via.port or (443 if via.scheme == "https" else 80)
+    outcome: dict[str, object] = {}
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome["ok"] = True
+        except OSError as err:
+            outcome["error"] = err
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    if outcome.get("ok"):
+        return None
+    why = outcome.get("error") or f"no answer within {timeout:g} s"
+    return f"no connection to {host}:{port} ({why})"
 
 
 def _check_hub_file(repo_id, filename, path, bar, log) -> str | None:

@@ -5,7 +5,8 @@ run outputs, with the published numbers beside ours.
         --results results/linear_probe.jsonl --bench results/bench/report.json --out results/tables
 
 --work-dirs takes mmengine work dirs, or folders holding them. Exit status: 0 when the tables
-were written (missing / in-progress / malformed runs are listed in tables.md, not errors),
+were written (missing / in-progress / crashed / malformed runs are listed in tables.md, not
+errors),
 2 for bad arguments or an input path that does not exist.
 """
 from __future__ import annotations
@@ -29,6 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "results/bench/report.json)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--stale-minutes", type=float, default=None, metavar="MIN",
+                   help="a run that has not ended and wrote nothing for this long counts as "
+                        "crashed, not in progress (default: 60)")
     return p.parse_args(argv)
 
 
@@ -36,13 +40,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from reproduction.make import make_tables
     try:
+        extra = {} if args.stale_minutes is None else {"stale_minutes": args.stale_minutes}
         summary = make_tables(args.work_dirs, args.results, args.bench, args.out,
-                              plots=not args.no_plots)
+                              plots=not args.no_plots, **extra)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{k} {len(summary[k])}" for k in
-                       ("missing", "in_progress", "malformed", "failed") if summary[k])
+                       ("missing", "in_progress", "crashed", "malformed", "failed",
+                        "config_only") if summary[k])
     print(f"wrote {len(summary['files'])} files to {args.out}"
           + (f" ({counts}; see tables.md)" if counts else ""))
     return 0

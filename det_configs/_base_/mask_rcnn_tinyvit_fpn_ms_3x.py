@@ -4,7 +4,8 @@
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
 
 custom_imports = dict(imports=['tinyvit_backbone'], allow_failed_imports=False)
-pretrained = 'https://github.com/wkcn/TinyViT-model-zoo/releases/download/checkpoints/tiny_vit_21m_22kto1k_distill.pth'  # noqa
+# The weights URL sits in init_cfg, not in a top-level `pretrained`, which would outlive the
+# backbone in a Swin-T child (mmdet's own `pretrained` there is Swin-T's, the one it loads).
 model = dict(
     backbone=dict(
         _delete_=True,
@@ -12,7 +13,9 @@ model = dict(
         arch='21m',
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='https://github.com/wkcn/TinyViT-model-zoo/releases/download/checkpoints/tiny_vit_21m_22kto1k_distill.pth')),  # noqa
     neck=dict(in_channels=[96, 192, 384, 576]))
 optim_wrapper = dict(
     paramwise_cfg=dict(
