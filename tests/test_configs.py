@@ -124,6 +124,7 @@ def test_inferred_values_are_labelled_as_ours(loaded):
     assert "Our inference, not published" in base and "also Swin-T's" not in base
 
 
+@pytest.mark.requires_mmcv_ops
 def test_no_decay_groups_follow_swins_keys(loaded):
     """The custom keys act as in Swin's config: TinyViT's attention biases and LayerNorms get no
     weight decay, its conv-BN weights and the linear layers keep 0.05."""
