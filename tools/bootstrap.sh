@@ -36,7 +36,8 @@
 #   connected machine. An mmcv wheel in DIR (built there with its ops) is installed as it is;
 #   otherwise mmcv's sdist from DIR is compiled here.
 # - TINYVIT_SYSTEM_TORCH=1 (`make env-system`): bring your own torch. The venv sees $PYTHON's
-#   packages (--system-site-packages) and pins that interpreter's torch, torchvision, timm and
+#   packages (--system-site-packages, plus a .pth file naming the site-packages of $PYTHON when
+#   it is a venv itself) and pins that interpreter's torch, torchvision, timm and
 #   numpy in a generated constraints file, so no pip call replaces them; everything else is
 #   installed into the venv. The environment's key includes their versions.
 # - TINYVIT_MMCV=lite: mmcv-lite 2.1.0 (mmcv's Python code without the compiled ops, nothing to
@@ -138,6 +139,10 @@ if [ ! -x "$PY" ]; then
   log "creating virtual environment in $TARGET"
   if [ -n "$SYSTEM" ]; then
     "$PYTHON" -m venv --system-site-packages "$TARGET"
+    # --system-site-packages shows the base installation only; when $PYTHON is itself a venv
+    # (vendor images often are), its own site-packages are added through a .pth file
+    "$PYTHON" -c 'import site; print("\n".join(site.getsitepackages()))' \
+      > "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_tinyvit_interpreter_site.pth"
   else
     "$PYTHON" -m venv "$TARGET"
   fi
