@@ -103,7 +103,7 @@ say "running ${CHECK[*]} (stopped after $TIMEOUT s)"
 timeout -k 15 "$TIMEOUT" "${CHECK[@]}" 2>&1 | tee -a "$LOG"
 RC=${PIPESTATUS[0]}
 if [ "$RC" = 124 ] || [ "$RC" = 137 ]; then
-  say "the check ran past $TIMEOUT s and was stopped; report.json keeps the sections that finished: rerun the rest with --only"
+  say "the check ran past $TIMEOUT s and was stopped; report.json holds the sections that finished (--only picks sections for a rerun)"
   RC=124
 fi
 say "done in $(( $(date +%s) - START )) s, exit status $RC: $OUT/report.json, $OUT/env.json, $LOG"
