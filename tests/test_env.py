@@ -131,17 +131,17 @@ def test_safe_getattr_refuses_anything_but_history_buffer_methods(tmp_path):
 # tools/mmcv_build.py decides how bootstrap builds mmcv's ops; everything below runs without a
 # GPU or a compiler (the CUDA build itself is proven by `make env-cuda`, see the README).
 
-def _mmcv_build():
+def _load_tool(name: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("mmcv_build", ROOT / "tools" / "mmcv_build.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["mmcv_build"] = module  # dataclasses look their module up
+    sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
-mb = _mmcv_build()
+mb = _load_tool("mmcv_build")
 
 
 @pytest.mark.parametrize("env, gpus, key", [
@@ -405,3 +405,23 @@ def test_check_env_refuses_cuda_ops_it_cannot_confirm():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "compiled with CUDA 'not available'" in out.stderr
+
+
+def test_kept_stack_is_checked_for_version_and_origin(tmp_path):
+    """`check_env.py --kept` (bring-your-own torch) fails when pip replaced the interpreter's
+    torch: another version, or one installed into the venv itself."""
+    import importlib.metadata
+
+    check_env = _load_tool("check_env")
+    version = importlib.metadata.version("torch")
+    kept = tmp_path / "constraints.txt"
+    kept.write_text("torch==0.0.1\nmmdet==3.3.0\n")
+    with pytest.raises(SystemExit, match=r"torch is .*, the interpreter brought 0.0.1"):
+        check_env.check_kept(kept)
+    kept.write_text(f"torch=={version}\nmmdet==3.3.0\n")
+    where = Path(importlib.metadata.distribution("torch").locate_file("")).resolve()
+    if Path(sys.prefix).resolve() in (where, *where.parents):  # an environment with its own torch
+        with pytest.raises(SystemExit, match="installed into the venv"):
+            check_env.check_kept(kept)
+    else:  # a bring-your-own-torch environment
+        assert check_env.check_kept(kept) == f"torch {version}"

@@ -86,7 +86,9 @@ if missing:
              "timm and numpy (or install them there first)")
 PYEOF
 ) || exit 1
-    log "bring-your-own torch: keeping $(echo $SYSTEM) of $PYTHON" ;;
+    log "bring-your-own torch: keeping $(echo $SYSTEM) of $PYTHON"
+    SYSTEM="$SYSTEM
+from $("$PYTHON" -c 'import sys; print(sys.executable)')" ;;
   *) fail "TINYVIT_SYSTEM_TORCH=${TINYVIT_SYSTEM_TORCH}: use 1 (keep the interpreter's torch) or 0" ;;
 esac
 HASH=$( { cat "${DEFINING[@]}"; echo "mmcv-ops=$OPS"; echo "system=$SYSTEM"; } | sha256sum | cut -c1-16)
@@ -149,7 +151,7 @@ if [ ! -x "$PY" ]; then
 fi
 
 if [ -n "$SYSTEM" ]; then
-  { echo "$SYSTEM"; grep -E '^(mmcv|mmdet|mmsegmentation|mmengine|setuptools)\b' tools/constraints.txt; } \
+  { echo "$SYSTEM" | grep '=='; grep -E '^(mmcv|mmdet|mmsegmentation|mmengine|setuptools)\b' tools/constraints.txt; } \
     > "$CONSTRAINTS.tmp" && mv "$CONSTRAINTS.tmp" "$CONSTRAINTS"
   log "keeping the interpreter's torch stack (pins in $CONSTRAINTS)"
   "${PIP[@]}" install "${C[@]}" 'setuptools<81' wheel ninja
