@@ -157,12 +157,18 @@ def fetch_mmcv(dest: Path, mode: str, *, python_version: str | None, platforms: 
         with tempfile.TemporaryDirectory() as tmp:
             req = Path(tmp) / "mmcv.txt"
             req.write_text(f"{MMCV} --hash=sha256:{mmcv_build.MMCV_SDIST_SHA256}\n")
+            # pip reads the sdist's metadata through its setup.py, in an isolated build
+            # environment (this interpreter need not have setuptools and wheel), whose setuptools
+            # must still have the pkg_resources that setup.py imports
+            build = Path(tmp) / "build-constraints.txt"
+            build.write_text("setuptools<81\n")
             cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input",
-                   "download", "--no-deps", "--no-binary", "mmcv", "--no-build-isolation",
-                   "--require-hashes", "-r", str(req), "-d", str(dest)]
+                   "download", "--no-deps", "--no-binary", "mmcv", "--require-hashes",
+                   "-r", str(req), "-d", str(dest)]
             if index_url:
                 cmd += ["--index-url", index_url]
-            _run(cmd, "downloading the mmcv 2.1.0 sdist (compiled on the offline machine)")
+            _run(cmd, "downloading the mmcv 2.1.0 sdist (compiled on the offline machine)",
+                 env=dict(os.environ, PIP_CONSTRAINT=str(build)))
         return None
     _same_interpreter(python_version, platforms, f"mmcv's {mode.upper()} wheel")
     try:
