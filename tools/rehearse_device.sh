@@ -54,7 +54,7 @@ say "image ready in $((T1 - T0)) s: $("$IMAGE/bin/python" -c 'import sys, torch,
 # 2. the bundle
 python3 tools/wheelhouse.py bundle device-bundle >/dev/null || die "the bundle could not be made"
 T2=$(date +%s)
-say "bundle made in $((T2 - T1)) s: $(python3 -c 'import json; m = json.load(open("device-bundle/MANIFEST.json")); print(f"{len(m["wheels"])} wheels, {m["mb"]} MB")')"
+say "bundle made in $((T2 - T1)) s: $(python3 -c 'import json; m = json.load(open("device-bundle/MANIFEST.json")); print(len(m["wheels"]), "wheels,", m["mb"], "MB")')"
 
 # 3. the device check, GPU hidden
 mkdir -p "$OUT"
@@ -68,7 +68,7 @@ say "tools/device_check.sh: exit status $CHECK_RC in $((T3 - T2)) s"
 # 4. the tests, on the image with the bundle alone
 SITE=$(cd "$SITE" && pwd)
 PYTHONPATH="$SITE:$ROOT" PATH="$SITE/bin:$PATH" "$IMAGE/bin/python" -m pytest -q -p no:cacheprovider \
-  -rs --junitxml "$OUT/tests.xml" "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/tests.txt"
+  -ra --junitxml "$OUT/tests.xml" "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/tests.txt"
 TEST_RC=${PIPESTATUS[0]}
 T4=$(date +%s)
 say "tests: exit status $TEST_RC in $((T4 - T3)) s ($OUT/tests.txt)"
