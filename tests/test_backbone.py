@@ -256,6 +256,7 @@ def test_with_cp_gives_identical_outputs_and_gradients():
 
 
 # ----------------------------------------------------------------------------- OpenMMLab builds
+@pytest.mark.requires_mmcv_ops
 def test_builds_from_mmdet_and_mmseg_config_dicts(timm_5m, tmp_path):
     from mmengine.registry import init_default_scope
 

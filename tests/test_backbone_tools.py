@@ -1,6 +1,7 @@
 """Converter CLI, layer-decay optimizer constructor, fast inference path."""
 import json
 
+import pytest
 import timm
 import torch
 import torch.nn as nn
@@ -77,6 +78,7 @@ def test_layer_decay_groups():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
+@pytest.mark.requires_mmcv_ops
 def test_layer_decay_constructor_builds_from_config():
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import init_default_scope

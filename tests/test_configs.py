@@ -177,6 +177,7 @@ def test_no_config_carries_a_url_its_model_does_not_load(loaded):
     assert "TinyViT-model-zoo" not in loaded["det_configs/mask_rcnn_swin-t_1x.py"].pretty_text
 
 
+@pytest.mark.requires_mmcv_ops
 def test_no_decay_groups_follow_swins_keys(loaded):
     """The custom keys act as in Swin's config: TinyViT's attention biases and LayerNorms get no
     weight decay, its conv-BN weights and the linear layers keep 0.05."""

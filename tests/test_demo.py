@@ -52,6 +52,7 @@ def test_a_stage_without_its_inputs_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.requires_mmcv_ops
 def test_reduced_demo_runs_every_stage_and_reuses_on_rerun(tmp_path):
     out = str(tmp_path / "demo")
     lines = []

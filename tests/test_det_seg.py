@@ -40,6 +40,7 @@ def test_the_suite_has_the_promised_configs():
                 f"upernet_tinyvit{size}_8xb2_160k_ade20k_512x512.py"} <= names
 
 
+@pytest.mark.requires_mmcv_ops
 @pytest.mark.parametrize("path", DET_CONFIGS + SEG_CONFIGS, ids=os.path.basename)
 def test_config_parses_and_builds_its_model(path):
     cfg = Config.fromfile(path)
@@ -125,7 +126,7 @@ def _train(tmp_path, config, extra=(), launcher=None):
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
             "--master_port", "29531", *cmd, "--launcher", "pytorch"] if launcher
            else [sys.executable, *cmd])
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout + out.stderr
@@ -139,6 +140,7 @@ def _last_metrics(work_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.requires_mmcv_ops
 @pytest.mark.parametrize("config,metric", [("det_configs/mask_rcnn_tinyvit5m_1x.py", "coco/segm_mAP"),
                                            ("seg_configs/upernet_tinyvit5m_8xb2_160k_ade20k_512x512.py", "mIoU")])
 def test_trains_evaluates_and_resumes_on_embedded_scenes(tmp_path, config, metric):
@@ -153,6 +155,7 @@ def test_trains_evaluates_and_resumes_on_embedded_scenes(tmp_path, config, metri
 
 
 @pytest.mark.slow
+@pytest.mark.requires_mmcv_ops
 def test_two_cpu_processes_train_with_torchrun(tmp_path):
     log = _train(tmp_path, "seg_configs/upernet_tinyvit5m_8xb2_160k_ade20k_512x512.py",
                  ["--iters", "2"], launcher="pytorch")
@@ -161,6 +164,7 @@ def test_two_cpu_processes_train_with_torchrun(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.requires_mmcv_ops
 def test_mim_train_runs_an_overlay_config(tmp_path):
     """`mim train` runs mmseg's tools/train.py from site-packages: the package must import from
     there (editable install) and the overlay config must stand alone."""
@@ -185,6 +189,7 @@ def test_mim_train_runs_an_overlay_config(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.requires_mmcv_ops
 def test_mim_train_cascade_fetches_its_weights_over_http(tmp_path):
     """`mim train mmdet` of det_configs/cascade_tinyvit21m.py through the embedded overlay, with
     the registry pointed at a server on 127.0.0.1: the config's own TinyViT-21M weights (its

@@ -14,12 +14,14 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.requires_pinned_stack
 def test_torch_is_the_pinned_version():
     pinned = [line.split("==")[1].strip() for line in (ROOT / "tools/constraints.txt").read_text().splitlines()
               if line.startswith("torch==")]
     assert torch.__version__.split("+")[0] == pinned[0]
 
 
+@pytest.mark.requires_mmcv_ops
 def test_mmcv_ops_run_on_cpu():
     from mmcv.ops import RoIAlign, nms
 
@@ -33,6 +35,7 @@ def test_mmcv_ops_run_on_cpu():
     assert out.item() == pytest.approx(7.5)
 
 
+@pytest.mark.requires_mmcv_ops
 def test_registries_build_tinyvit():
     from mmdet.registry import MODELS as DET
     from mmseg.registry import MODELS as SEG
@@ -44,6 +47,8 @@ def test_registries_build_tinyvit():
         assert model(torch.zeros(1, 3, 64, 64))[0].shape == (1, 320, 2, 2)
 
 
+@pytest.mark.requires_mmcv_ops
+@pytest.mark.requires_pinned_stack
 def test_check_env_script_passes():
     out = subprocess.run([sys.executable, str(ROOT / "tools/check_env.py")], capture_output=True,
                          text=True, timeout=300)
@@ -82,11 +87,17 @@ def _toy_runner(work_dir, max_iters, resume):
 
 
 def test_mmengine_resume_works_with_weights_only_loading(tmp_path):
-    import tinyvit_backbone  # noqa: F401  (registers the safe globals)
+    import mmengine.runner  # noqa: F401  (a running mmengine, as in a training process)
+    from mmengine.registry import DefaultScope
 
-    _toy_runner(tmp_path, max_iters=2, resume=False).train()
-    runner = _toy_runner(tmp_path, max_iters=4, resume=True)
-    runner.train()
+    from tinyvit_backbone.registration import register_all
+
+    register_all()  # what `import tinyvit_backbone` runs there: registers the safe globals
+    # mmengine's own registries, whatever scope an earlier test left current
+    with DefaultScope.overwrite_default_scope("mmengine"):
+        _toy_runner(tmp_path, max_iters=2, resume=False).train()
+        runner = _toy_runner(tmp_path, max_iters=4, resume=True)
+        runner.train()
     assert runner.iter == 4
     # the message hub's history survived the round trip
     assert runner.message_hub.get_scalar("train/loss").data[0].size >= 3
@@ -120,17 +131,17 @@ def test_safe_getattr_refuses_anything_but_history_buffer_methods(tmp_path):
 # tools/mmcv_build.py decides how bootstrap builds mmcv's ops; everything below runs without a
 # GPU or a compiler (the CUDA build itself is proven by `make env-cuda`, see the README).
 
-def _mmcv_build():
+def _load_tool(name: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("mmcv_build", ROOT / "tools" / "mmcv_build.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["mmcv_build"] = module  # dataclasses look their module up
+    sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
-mb = _mmcv_build()
+mb = _load_tool("mmcv_build")
 
 
 @pytest.mark.parametrize("env, gpus, key", [
@@ -356,6 +367,7 @@ def test_failed_cuda_build_leaves_nothing(tmp_path, monkeypatch):
     assert list(cache.iterdir()) == []
 
 
+@pytest.mark.requires_mmcv_ops
 def test_installed_ops_key_reads_this_environment(tmp_path):
     from mmcv.ops import get_compiling_cuda_version
 
@@ -381,6 +393,7 @@ def test_pip_cache_remedy_removes_a_stray_mmcv_wheel(tmp_path):
     assert "pip cache remove mmcv" in (ROOT / "tools/bootstrap.sh").read_text()
 
 
+@pytest.mark.requires_mmcv_ops
 def test_check_env_refuses_cuda_ops_it_cannot_confirm():
     """`check_env.py --ops cuda-...` fails on an mmcv built without CUDA ops (this machine's),
     instead of passing the CPU checks alone."""
@@ -392,3 +405,23 @@ def test_check_env_refuses_cuda_ops_it_cannot_confirm():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "compiled with CUDA 'not available'" in out.stderr
+
+
+def test_kept_stack_is_checked_for_version_and_origin(tmp_path):
+    """`check_env.py --kept` (bring-your-own torch) fails when pip replaced the interpreter's
+    torch: another version, or one installed into the venv itself."""
+    import importlib.metadata
+
+    check_env = _load_tool("check_env")
+    version = importlib.metadata.version("torch")
+    kept = tmp_path / "constraints.txt"
+    kept.write_text("torch==0.0.1\nmmdet==3.3.0\n")
+    with pytest.raises(SystemExit, match=r"torch is .*, the interpreter brought 0.0.1"):
+        check_env.check_kept(kept)
+    kept.write_text(f"torch=={version}\nmmdet==3.3.0\n")
+    where = Path(importlib.metadata.distribution("torch").locate_file("")).resolve()
+    if Path(sys.prefix).resolve() in (where, *where.parents):  # an environment with its own torch
+        with pytest.raises(SystemExit, match="installed into the venv"):
+            check_env.check_kept(kept)
+    else:  # a bring-your-own-torch environment
+        assert check_env.check_kept(kept) == f"torch {version}"

@@ -225,8 +225,9 @@ def _fresh_python(code: str, *args: str) -> str:
     import subprocess
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=repo, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": repo})
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": path})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 

@@ -208,6 +208,7 @@ def test_cli_in_a_fresh_process_gives_the_same_bytes(outputs, args, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.requires_mmcv_ops
 def test_other_backbones_are_counted_through_the_registry(tmp_path):
     """A Swin-T baseline run: its backbone is built by mmdet's registry (27.5M params)."""
     import shutil

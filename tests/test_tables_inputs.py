@@ -96,27 +96,35 @@ def real_runs(tmp_path_factory):
     from mmengine.registry import DefaultScope
     from mmengine.visualization import Visualizer
 
+    from tinyvit_backbone.registration import install_run_hooks
+
     # A Runner leaves its default scope, logger, message hub and visualizer as the "current"
     # global instances; take them out again so later tests see mmengine as they found it.
     managers = (DefaultScope, MMLogger, MessageHub, Visualizer)
     before = {m: set(m._instance_dict) for m in managers}
     root = tmp_path_factory.mktemp("mmengine_runs")
+    # as in a training process that imported the package: mmengine's checkpoint types are
+    # allowed under weights_only loading (the test launch loads one); and mmengine's own
+    # registries build the toy model, whatever scope an earlier test left current
+    install_run_hooks()
     try:
-        _runner(root / "epoch", dict(type="EpochBasedTrainLoop", max_epochs=2, val_interval=1),
-                "tables_epoch").train()
-        _runner(root / "iter", dict(type="IterBasedTrainLoop", max_iters=7, val_interval=5),
-                "tables_iter").train()
-        shutil.copytree(root / "epoch", root / "tested")
-        time.sleep(1.1)  # a new launch folder needs a new second
-        _runner(root / "tested", dict(type="EpochBasedTrainLoop", max_epochs=2, val_interval=1),
-                "tables_test", load_from=str(root / "tested" / "epoch_2.pth")).test()
-        # Dies while building its training loop, as a run without its dataset does: mmengine
-        # has written its log and config by then, and logs nothing of the exception.
-        broken = _runner(root / "crashed", dict(type="EpochBasedTrainLoop", max_epochs=2,
-                                                val_interval=1), "tables_crashed")
-        broken._train_dataloader = dict(dataset=dict(type="NoSuchDataset"))
-        with pytest.raises(KeyError, match="NoSuchDataset"):
-            broken.train()
+        with DefaultScope.overwrite_default_scope("mmengine"):
+            _runner(root / "epoch", dict(type="EpochBasedTrainLoop", max_epochs=2, val_interval=1),
+                    "tables_epoch").train()
+            _runner(root / "iter", dict(type="IterBasedTrainLoop", max_iters=7, val_interval=5),
+                    "tables_iter").train()
+            shutil.copytree(root / "epoch", root / "tested")
+            time.sleep(1.1)  # a new launch folder needs a new second
+            _runner(root / "tested", dict(type="EpochBasedTrainLoop", max_epochs=2,
+                                          val_interval=1),
+                    "tables_test", load_from=str(root / "tested" / "epoch_2.pth")).test()
+            # Dies while building its training loop, as a run without its dataset does: mmengine
+            # has written its log and config by then, and logs nothing of the exception.
+            broken = _runner(root / "crashed", dict(type="EpochBasedTrainLoop", max_epochs=2,
+                                                    val_interval=1), "tables_crashed")
+            broken._train_dataloader = dict(dataset=dict(type="NoSuchDataset"))
+            with pytest.raises(KeyError, match="NoSuchDataset"):
+                broken.train()
     finally:
         for manager in managers:
             for name in [n for n in manager._instance_dict if n not in before[manager]]:

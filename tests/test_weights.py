@@ -590,7 +590,8 @@ def test_hub_tag_resolves_from_a_prepopulated_cache_offline(served, tmp_path):
     blob = _hf_cache(tmp_path / "hf", damaged_tag.removeprefix("hf-hub:"), data)
     blob.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hf"),
-               PYTHONPATH=str(ROOT), HF_HUB_DISABLE_TELEMETRY="1")
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               HF_HUB_DISABLE_TELEMETRY="1")
     run = subprocess.run([sys.executable, "-c", _OFFLINE_SCRIPT, tag, damaged_tag, missing],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -706,7 +707,8 @@ def test_hub_tag_is_downloaded_once_into_the_hf_cache_and_refetched_when_damaged
     threading.Thread(target=hub.serve_forever, daemon=True).start()
     env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{hub.server_address[1]}",
                HF_HUB_CACHE=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1",
-               NO_PROXY="127.0.0.1,localhost", PYTHONPATH=str(ROOT))
+               NO_PROXY="127.0.0.1,localhost",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     try:
         run = subprocess.run([sys.executable, "-c", _ONLINE_SCRIPT, "timm/tiny_test",
                               json.dumps(TINY)], capture_output=True, text=True, env=env,

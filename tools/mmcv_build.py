@@ -361,7 +361,11 @@ def build_cuda_wheel(plan: OpsPlan, cache: Path, constraints: Path) -> Path:
         _log(f"reusing the CUDA build of mmcv in {final}")
         return hit
 
-    site = [Path(sysconfig.get_paths()["purelib"])]
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    # the venv's own first (pip's nvcc goes there), then every other site folder on the path:
+    # a bring-your-own torch has its nvidia-* wheels in the interpreter's
+    site = [purelib] + [Path(p) for p in sys.path
+                        if p.endswith(("site-packages", "dist-packages")) and Path(p) != purelib]
     if os.environ.get("TINYVIT_CUDA_TOOLKIT") == "pip":
         toolkit = None
     else:
