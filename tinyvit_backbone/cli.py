@@ -41,7 +41,8 @@ def add_runtime_flags(parser: argparse.ArgumentParser, *, workers: int | None | 
 
 def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     """The subparsers every tool uses: ``dest='command'``, required."""
-    return parser.add_subparsers(dest="command", required=True, metavar="command")
+    return parser.add_subparsers(dest="command", required=True, metavar="command",
+                                 help="the job to run; COMMAND --help lists its options")
 
 
 def emit_json(result: Any, stream=None) -> None:
