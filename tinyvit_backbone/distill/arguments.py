@@ -186,11 +186,11 @@ def _verify(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64,
                    help="teacher batch of the re-run (default %(default)s)")
     p.add_argument("--max-mean-abs-error", type=float, default=1e-2,
-                   help="the store agrees with the teacher if the mean |stored - re-run| of "
-                        "the top-K probabilities is at most this (default %(default)s) ...")
+                   help="largest mean |stored - re-run| of the top-K probabilities for which the "
+                        "store agrees with the teacher (default %(default)s)")
     p.add_argument("--min-top1-agreement", type=float, default=0.99,
-                   help="... and the top-1 classes agree for at least this fraction of the "
-                        "records (default %(default)s)")
+                   help="smallest fraction of re-run records whose top-1 class must match the "
+                        "stored one (default %(default)s)")
     add_runtime_flags(p)
 
 
