@@ -36,7 +36,7 @@ from tests.cli_entry_points import ROOT, capture_parser, entry_points, walk
 DOCS = ("README.md", "det_configs/README.md", "seg_configs/README.md", "docs/distill_store.md")
 SOURCE_DIRS = ("tinyvit_backbone", "linear_probe", "reproduction", "tools", "bench", "tests",
                "docs", "det_configs", "seg_configs")
-COMMAND_HEADS = ("python", "python3", "make", "mim", "torchrun", "pytest", "bash")
+COMMAND_HEADS = ("python", "python3", "make", "mim", "torchrun", "pytest", "bash", "pip", "pip3")
 ENV_ASSIGNMENT = re.compile(r"^[A-Z][A-Z0-9_]*=")
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z_]*$")  # CONFIG, PATH, DIR, W
 ELLIPSIS = {"...", "…"}
@@ -349,6 +349,8 @@ def check_python(cmd: Command, args: list[str], sandbox) -> None:
         if name not in _entries():
             if args[1] == "pytest":
                 return check_pytest(cmd, args[2:])
+            if args[1] == "pip":
+                return check_pip(cmd, args[2:])
             raise NotChecked(f"{cmd.id}: python -m {args[1]} is not a CLI of the project")
         return check_project_cli(cmd, name, args[2:], sandbox)
     script = args[0]
@@ -419,6 +421,21 @@ def check_pytest(cmd: Command, args: list[str]) -> None:
                 f"{cmd.id}: {arg} is not an option tests/conftest.py adds"
 
 
+def check_pip(cmd: Command, args: list[str]) -> None:
+    """pip's own option parser judges the options (an install from a wheel folder, say)."""
+    from pip._internal.commands import commands_dict, create_command
+
+    assert args and args[0] in commands_dict, f"{cmd.id}: pip has no command {args[:1]}"
+    parser = create_command(args[0]).parser
+
+    def refuse(message):
+        raise AssertionError(f"{cmd.id}: pip {args[0]}: {message}")
+
+    parser.error = refuse
+    parser.parse_args(args[1:])
+    _check_source_paths(cmd, args[1:])
+
+
 def check_shell_script(cmd: Command, script: str, args: list[str], direct: bool) -> None:
     path = ROOT / script.removeprefix("./")
     assert path.is_file(), f"{cmd.id}: {script} does not exist"
@@ -462,6 +479,8 @@ def check(cmd: Command, sandbox) -> None:
         return check_torchrun(cmd, args, sandbox)
     if head == "pytest":
         return check_pytest(cmd, args)
+    if head in ("pip", "pip3") or head.endswith(("/pip", "/pip3")):
+        return check_pip(cmd, args)
     if head == "bash" and args and args[0].endswith(".sh"):
         return check_shell_script(cmd, args[0], args[1:], direct=False)
     if head.endswith(".sh"):
@@ -478,10 +497,10 @@ def check(cmd: Command, sandbox) -> None:
 
 @functools.cache
 def _project_reads(var: str) -> bool:
-    files = [ROOT / "Makefile", *ROOT.glob("tools/*"), *ROOT.glob("tests/*.py"),
-             *ROOT.glob("*/**/*.py")]
+    files = [ROOT / "Makefile", *ROOT.glob(".ci/*"),
+             *(f for d in SOURCE_DIRS for f in (ROOT / d).rglob("*") if f.suffix != ".md")]
     return any(var in f.read_text(errors="replace") for f in files
-               if f.is_file() and ".venv" not in f.parts)
+               if f.is_file() and f.resolve() != Path(__file__).resolve())
 
 
 # ------------------------------------------------------------------------------ running
@@ -616,6 +635,8 @@ def test_extraction_handles_continuations_chains_comments_and_placeholders():
     ("tools/reproduce.py table6", "not executable"),
     ("python tools/make_tables.py --results results/probe/*.jsonl --out t", "no command writes"),
     ("curl https://example.org", "does not check"),
+    ("pip install --no-such-option x", "no such option"),
+    ("FORCE_NOTHING=1 make test", "nothing in the project reads FORCE_NOTHING"),
 ])
 def test_the_checks_refuse_a_drifted_command(text, message, sandbox):
     cmd = split_commands(text, "doc", 1)[0]
