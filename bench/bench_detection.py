@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
@@ -23,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Figure, subprocess_env  # noqa: E402
+from bench.common import Figure, build_parser, subprocess_env  # noqa: E402
 from bench.common import main as bench_main  # noqa: E402
 from reproduction.runs import eval_lines  # noqa: E402
 
@@ -131,18 +130,26 @@ def run(quick: bool = False) -> list[Figure]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--worker", metavar="CONFIG")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--data-root", default=str(ROOT / "data" / "embedded" / "scenes"))
-    args, rest = parser.parse_known_args(argv)
+    parser = build_parser(__doc__)
+    g = parser.add_argument_group(
+        "iteration worker", "The Cascade iteration cost is timed in a fresh process per model, "
+        "started with these options; it prints one JSON line.")
+    g.add_argument("--worker", metavar="CONFIG",
+                   help="time training iterations of this config instead of the benchmark")
+    g.add_argument("--size", type=int, default=512,
+                   help="input side in pixels (default %(default)s)")
+    g.add_argument("--batch", type=int, default=2, help="images per iteration (default %(default)s)")
+    g.add_argument("--iters", type=int, default=3,
+                   help="timed iterations after one warm-up (default %(default)s)")
+    g.add_argument("--data-root", default=str(ROOT / "data" / "embedded" / "scenes"),
+                   help="the embedded scenes' folder (default: data/embedded/scenes of the "
+                        "checkout)")
+    args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(_iteration_worker(args.worker, args.size, args.batch, args.iters,
                                            args.data_root)))
         return 0
-    return bench_main(run, rest)
+    return bench_main(run, argv, parser)
 
 
 if __name__ == "__main__":

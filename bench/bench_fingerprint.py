@@ -1,6 +1,6 @@
-"""Cost of the dataset fingerprint on many small files: the ``stat`` rule it uses (size and
+"""Cost of the dataset fingerprint on many small files: the stat rule it uses (size and
 modification time) against the size-only rule it replaced and against hashing every file's
-bytes, the alternative it was chosen over (see :mod:`tinyvit_backbone.fingerprint`).
+bytes, the alternative it was chosen over (see tinyvit_backbone/fingerprint.py).
 
     python bench/run_all.py --only fingerprint [--quick]
 

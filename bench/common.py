@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -104,12 +105,22 @@ def describe(fig: Figure) -> str:
             f"[{fig.baseline}] -> {fig.speedup:.3f}x{goal}")
 
 
-def main(run: Callable[..., list[Figure]], argv: list[str] | None = None) -> int:
-    """``python bench/bench_<name>.py [--quick]``: run one benchmark and print its figures."""
+def build_parser(doc: str | None):
+    """The parser of ``python bench/bench_<name>.py [--quick]``, described by the first paragraph
+    of the benchmark's module docstring ``doc``."""
     import argparse
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="the minute-long version")
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0] or None)
+    parser.add_argument("--quick", action="store_true",
+                        help="the minute-long version")
+    return parser
+
+
+def main(run: Callable[..., list[Figure]], argv: list[str] | None = None, parser=None) -> int:
+    """``python bench/bench_<name>.py [--quick]``: run one benchmark and print its figures.
+    ``parser``: :func:`build_parser`'s, extended by the benchmark (default: a new one)."""
+    if parser is None:
+        parser = build_parser(sys.modules[run.__module__].__doc__)
     args = parser.parse_args(argv)
     print(machine_info())
     for fig in run(quick=args.quick):

@@ -86,7 +86,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few minutes in all")
     parser.add_argument("--only", nargs="+", help=f"subset of: {' '.join(discover())}")
-    parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
+    parser.add_argument("--out", default=str(ROOT / "results" / "bench"),
+                        help="folder for report.json and report.md (default: results/bench of "
+                             "the checkout)")
     args = parser.parse_args(argv)
     names = discover()
     if args.only:

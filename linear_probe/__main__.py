@@ -48,7 +48,8 @@ INTERRUPTED = ("interrupted: rerun the same command to resume (feature extractio
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="tinyvit",
-                   help="'tinyvit' (this project's TinyViT) or 'timm:<name>' (any timm model)")
+                   help="'tinyvit' (this project's TinyViT) or 'timm:<name>' (any timm model; "
+                        "default %(default)s)")
     g.add_argument("--arch", default=None,
                    help="TinyViT arch: 5m | 11m | 21m | a JSON file with embed_dims / depths / "
                         "num_heads / window_sizes (default 21m)")
@@ -83,7 +84,8 @@ def _feature_args(p: argparse.ArgumentParser, *, batch_size: bool = True) -> Non
     g.add_argument("--cache-dir", default=default_cache_dir(),
                    help="feature cache (default $TINYVIT_CACHE or ./work_dirs/features)")
     g.add_argument("--feature-layer", default="pooled",
-                   help="'pooled' (pre-logits: pooled final stage + head norm) or 'stage<i>'")
+                   help="'pooled' (pre-logits: pooled final stage + head norm; default) or "
+                        "'stage<i>' (stage i's feature map, average-pooled)")
     g.add_argument("--image-size", type=int, default=None,
                    help="input side in pixels (default: the dataset's, else the model's)")
     if batch_size:
@@ -114,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = subcommands(parser)
 
     p = sub.add_parser("datasets", help="list the datasets and groups, and whether they are on disk")
-    p.add_argument("--data-root", default=default_data_root())
+    p.add_argument("--data-root", default=default_data_root(),
+                   help="folder holding the datasets (default $TINYVIT_DATA or ./data)")
 
     p = sub.add_parser("download", help="fetch datasets (torchvision), or say where to get them")
     g = _dataset_args(p, download=False)
@@ -133,37 +136,46 @@ def build_parser() -> argparse.ArgumentParser:
     _output_arg(p)
     _work_dir_arg(p)
     g = p.add_argument_group("MoCo v3 recipe")
-    g.add_argument("--epochs", type=int, default=r.epochs, help=f"default {r.epochs}")
+    g.add_argument("--epochs", type=int, default=r.epochs,
+                   help=f"passes over the train split (default {r.epochs})")
     g.add_argument("--batch-size", type=int, default=r.batch_size,
                    help=f"global batch over all processes (default {r.batch_size})")
     g.add_argument("--lr", type=float, default=r.base_lr,
                    help=f"base lr, scaled by batch / 256 (default {r.base_lr})")
-    g.add_argument("--momentum", type=float, default=r.momentum, help=f"default {r.momentum}")
+    g.add_argument("--momentum", type=float, default=r.momentum,
+                   help=f"SGD momentum (default {r.momentum})")
     g.add_argument("--weight-decay", type=float, default=r.weight_decay,
-                   help=f"default {r.weight_decay}")
+                   help=f"SGD weight decay of the head (default {r.weight_decay})")
     g.add_argument("--seed", type=int, default=0, help="seed of the head, order and augmentation")
 
     p = sub.add_parser("sweep", help="fast linear probe: CLIP's L-BFGS weight-decay sweep")
     _model_args(p)
     _feature_args(p)
     _output_arg(p)
-    p.add_argument("--feature-norm", choices=("standardize", "l2", "none"), default="standardize")
+    p.add_argument("--feature-norm", choices=("standardize", "l2", "none"), default="standardize",
+                   help="standardize: mean / std of the fitted rows, folded into the head; l2: "
+                        "unit-length rows; none: raw features (default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="fix lambda instead of searching it (lambda = 1 / (C n) in sklearn terms)")
     p.add_argument("--wd-grid", choices=("clip", "wd"), default="clip",
                    help="search grid: clip = CLIP paper's C in logspace(-6,6,97); "
-                        "wd = CLIP_benchmark's lambda in logspace(-6,2,97)")
+                        "wd = CLIP_benchmark's lambda in logspace(-6,2,97) (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the val split")
 
     p = sub.add_parser("kshot", help="k-shot linear probes over several seeds")
     _model_args(p)
     _feature_args(p)
     _output_arg(p)
-    p.add_argument("--k", type=int, nargs="+", default=[1, 5, 10], help="images per class")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--feature-norm", choices=("l2", "standardize", "none"), default="l2")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 5, 10],
+                   help="images per class, one probe per k (default 1 5 10)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="seeds of the shot sampling, one probe per (k, seed) (default 0 1 2)")
+    p.add_argument("--feature-norm", choices=("l2", "standardize", "none"), default="l2",
+                   help="l2: unit-length rows; standardize: mean / std of the shots, folded into "
+                        "the head; none: raw features (default %(default)s)")
     p.add_argument("--wd-grid", choices=("clip", "wd"), default="clip",
-                   help="weight-decay search grid on the val carved from the shots (k >= 2)")
+                   help="weight-decay search grid on the val carved from the shots (k >= 2; "
+                        "default %(default)s)")
 
     c = CDFSL_RECIPE
     p = sub.add_parser("episodes", help="N-way K-shot episodes: cdfsl fine-tuning or lbfgs-fast")
@@ -173,12 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     _work_dir_arg(p)
     p.add_argument("--protocol", choices=(CDFSL, LBFGS_FAST), default=CDFSL,
                    help="cdfsl: finetune.py's SGD per episode (the paper's; hours when "
-                        "fine-tuned); lbfgs-fast: an L-BFGS head on cached features (seconds)")
+                        "fine-tuned); lbfgs-fast: an L-BFGS head on cached features (seconds); "
+                        "default %(default)s")
     p.add_argument("--k", type=int, nargs="+", default=list(CDFSL_SHOTS),
-                   help="support images per class")
-    p.add_argument("--n-way", type=int, default=CDFSL_WAYS)
-    p.add_argument("--n-query", type=int, default=CDFSL_QUERIES)
-    p.add_argument("--episodes", type=int, default=CDFSL_EPISODES)
+                   help="support images per class, one set of episodes per k (default "
+                        + " ".join(map(str, CDFSL_SHOTS)) + ")")
+    p.add_argument("--n-way", type=int, default=CDFSL_WAYS,
+                   help="classes per episode (default %(default)s)")
+    p.add_argument("--n-query", type=int, default=CDFSL_QUERIES,
+                   help="query images per class and episode (default %(default)s)")
+    p.add_argument("--episodes", type=int, default=CDFSL_EPISODES,
+                   help="episodes per k (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the episodes (and their training)")
     p.add_argument("--split", default=None, help="split to sample (default: the dataset's)")
     g = p.add_argument_group("cdfsl")
@@ -190,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("lbfgs-fast")
     g.add_argument("--weight-decay", type=float, default=FEWSHOT_WEIGHT_DECAY,
                    help=f"the head's fixed lambda (default {FEWSHOT_WEIGHT_DECAY})")
-    g.add_argument("--feature-norm", choices=("l2", "none"), default="l2")
+    g.add_argument("--feature-norm", choices=("l2", "none"), default="l2",
+                   help="l2: unit-length rows; none: raw features (default %(default)s)")
 
     p = sub.add_parser("suite", help="sweep + kshot + lbfgs-fast episodes for one model")
     _model_args(p)

@@ -27,17 +27,17 @@ Record fields (:data:`RECORD_FIELDS`; every record has these, extra ones may fol
 Appending is atomic: each call writes its lines with one ``write`` on an ``O_APPEND``
 descriptor under an exclusive ``flock``, so concurrent runs never interleave partial lines; an
 append that is cut short (a full disk) is removed again, and a torn last line left by anything
-else is repaired before the next append (:func:`append_jsonl`).
+else is repaired before the next append (``append_jsonl``, which lives in
+:mod:`tinyvit_backbone.files` with every other crash-safe write).
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+
+from tinyvit_backbone.files import append_jsonl, repair_torn_tail  # noqa: F401 (re-exported)
 
 from .recipes import CDFSL_EPISODES, CDFSL_SHOTS, CDFSL_WAYS
 
@@ -179,95 +179,6 @@ def make_record(**fields) -> dict:
     record.update(fields)
     record.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
     return record
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def append_jsonl(path: str | os.PathLike, records: list[dict],
-                 log: Callable[[str], None] = _stderr) -> None:
-    """Append ``records`` to ``path`` (created with its folder if needed), atomically.
-
-    Under the lock, a torn last line (an earlier append cut short, e.g. by a full disk, or a
-    file edited without its final line end) is repaired first, so the new records never get
-    glued onto it (:func:`repair_torn_tail`, which says what it did through ``log``). An append
-    that cannot be written whole (disk full, file-size limit) is cut back to where it started
-    and raises ``OSError``: the file keeps exactly the complete records it had.
-    """
-    if not records:
-        return
-    from tinyvit_backbone.files import dumps_json
-
-    path = os.fspath(path)
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    payload = "".join(dumps_json(r, default=str) + "\n" for r in records).encode()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        start = repair_torn_tail(fd, path, log)
-        try:
-            written = os.write(fd, payload)
-        except OSError as err:
-            os.ftruncate(fd, start)
-            raise OSError(f"{path}: could not append {len(records)} result record(s) "
-                          f"({err.strerror or err}); the file is unchanged. Free disk space "
-                          "and rerun the command") from None
-        if written != len(payload):
-            os.ftruncate(fd, start)  # never leave a torn line behind
-            raise OSError(f"{path}: wrote {written} of {len(payload)} bytes of results (disk "
-                          "full?); the partial line was removed and the file is unchanged. Free "
-                          "disk space and rerun the command")
-        os.fsync(fd)
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def repair_torn_tail(fd: int, path: str, log: Callable[[str], None] = _stderr) -> int:
-    """Make the file behind ``fd`` (open read-write, exclusively locked) end with a line end;
-    returns its size afterwards, where the next append starts.
-
-    Every append writes whole lines, so bytes after the last line end are what a cut-short
-    append left. If they hold one complete JSON record (only its line end is missing), the line
-    end is added and the record kept. Otherwise they are no record: they are appended to
-    ``<path>.torn`` for inspection, then cut off with one ``ftruncate`` (atomic under the lock:
-    a reader sees the file before or after, and no complete record is touched).
-    """
-    size = os.fstat(fd).st_size
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-        return size
-    start, chunk = size, 1 << 16
-    while start > 0:  # find the last line end, reading backwards
-        lo = max(0, start - chunk)
-        block = os.pread(fd, start - lo, lo)
-        cut = block.rfind(b"\n")
-        if cut >= 0:
-            start = lo + cut + 1
-            break
-        start = lo
-    fragment = os.pread(fd, size - start, start)
-    try:
-        complete = isinstance(json.loads(fragment), dict)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
-        complete = False
-    if complete:
-        os.write(fd, b"\n")
-        log(f"{path}: the last record had no line end (an append cut short just before it); "
-            "added it, the record is kept")
-        return size + 1
-    side = path + ".torn"
-    with open(side, "ab") as f:
-        f.write(fragment + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.ftruncate(fd, start)
-    log(f"{path}: removed a torn last line ({len(fragment)} bytes, not a complete record: an "
-        f"earlier append was cut short, e.g. by a full disk) and kept its bytes in {side}; the "
-        "complete records before it are unchanged")
-    return start
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -36,14 +36,14 @@ TABLE5_WEIGHTS = {"in1k": "tiny_vit_21m_1k", "in1k-distill": None, "in21k": None
 
 def table6_command(pretraining: str | None) -> str:
     return (f"mim train mmdet {TABLE6_CONFIGS[pretraining]} --gpus 8 --launcher pytorch "
-            "(or tools/reproduce.py table6 --train)")
+            "(or python tools/reproduce.py table6 --train)")
 
 
 def table5_command(pretraining: str) -> str:
     weights = TABLE5_WEIGHTS[pretraining]
     if weights:
-        return f"tools/reproduce.py table5 --weights {pretraining}={weights}"
-    return (f"tools/reproduce.py table5 --weights {pretraining}=<checkpoint> (no official "
+        return f"python tools/reproduce.py table5 --weights {pretraining}={weights}"
+    return (f"python tools/reproduce.py table5 --weights {pretraining}=<checkpoint> (no official "
             "checkpoint: train one with python -m tinyvit_backbone.distill)")
 
 

@@ -29,7 +29,7 @@ from tinyvit_backbone.tabular import to_csv, to_markdown
 from . import paper_tables
 from . import published as pub
 from .probes import read_results
-from .runs import find_work_dirs, read_run
+from .runs import find_work_dirs, read_runs
 from .tables import Notes
 
 Log = Callable[[str], None]
@@ -287,7 +287,7 @@ def reproduce_table6(work_dirs: Sequence[str], out: str, *, train: bool = False,
     trained: list[str] = []
     dirs = [d for d in work_dirs if os.path.isdir(d)]
     if train:
-        have = {paper_tables.table6_row(read_run(d)) for d in find_work_dirs(dirs)} if dirs \
+        have = {paper_tables.table6_row(r) for r in read_runs(find_work_dirs(dirs))} if dirs \
             else set()
         todo = {pre: os.path.join(config_root, config)
                 for pre, config in paper_tables.TABLE6_CONFIGS.items() if pre not in have}
@@ -318,13 +318,16 @@ def reproduce_table6(work_dirs: Sequence[str], out: str, *, train: bool = False,
             dirs.append(wd)
     os.makedirs(out, exist_ok=True)
     found = find_work_dirs(sorted(set(dirs))) if dirs else []
-    runs = [read_run(d) for d in found]
+    # read together, as the table maker does: same-named work dirs get told-apart names, and
+    # runs of one config are marked as duplicates of each other
+    runs = read_runs(found)
     notes = Notes()
     table = paper_tables.table6(runs, notes)
     files = _write_tables([table], out)
     summary = dict(table="Table 6", trained=trained,
-                   runs={r.name: r.status for r in runs}, missing=notes.as_dict()["missing"],
-                   files=files)
+                   runs={r.name: r.status for r in runs},
+                   duplicates={r.name: r.duplicates for r in runs if r.duplicates},
+                   missing=notes.as_dict()["missing"], files=files)
     atomic_write_json(os.path.join(out, "summary.json"), summary)
     return summary
 

@@ -96,6 +96,36 @@ def test_interrupted_training_resumes_to_the_same_weights(setup):
                          log=lambda _: None)
 
 
+def test_a_torn_log_line_is_repaired_before_the_resumed_run_appends(setup):
+    """A run killed while appending its epoch line leaves a torn last line in log.jsonl; the
+    resumed run moves it to log.jsonl.torn and appends whole lines after the complete ones,
+    as the probes' results files do (one mechanism: tinyvit_backbone.files.append_jsonl)."""
+    import json
+
+    root, data, info, _, store = setup
+    settings = TrainSettings(mode="store", epochs=2, batch_size=BATCH, lr=1e-3, warmup_epochs=0)
+    kw = dict(num_classes=10, store=store, device=CPU, progress=False)
+    out = root / "torn"
+
+    def stop_after_first_epoch(msg):
+        if "epoch 1/2" in msg:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(student, data, info, AUG, settings, str(out), log=stop_after_first_epoch,
+                         **kw)
+    log = out / "log.jsonl"
+    torn = b'{"train_loss": 2.1, "lr": 0.00'  # epoch 2's line, cut short by the kill
+    with open(log, "ab") as f:
+        f.write(torn)
+    messages = []
+    train_classifier(student, data, info, AUG, settings, str(out), log=messages.append, **kw)
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 and all("train_loss" in json.loads(line) for line in lines)
+    assert (out / "log.jsonl.torn").read_bytes() == torn + b"\n"
+    assert any("removed a torn last line" in m and "log.jsonl.torn" in m for m in messages)
+
+
 def test_store_epochs_beyond_the_store_are_refused(setup):
     root, data, info, _, store = setup
     with pytest.raises(DistillError, match=r"3 epochs asked, but the store plans 2 \(complete: "

@@ -32,10 +32,30 @@ def test_table6_collects_the_runs_it_finds(tmp_path, capsys):
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["runs"]["cascade-mask-rcnn_tinyvit-21m_fpn_1x_coco"] == "complete"
+    # the fixture's _rerun is the same config: both rows say so, as tools/make_tables.py does
+    assert summary["duplicates"]["cascade-mask-rcnn_tinyvit-21m_fpn_1x_coco"] == [
+        "cascade-mask-rcnn_tinyvit-21m_fpn_1x_coco_rerun"]
     md = (out / "table6.md").read_text()
-    assert "| ours | TinyViT-21M (IN-21k ⚗) |" in md and "| published | Swin-T |" in md
+    assert "| ours (duplicate) | TinyViT-21M (IN-21k ⚗) |" in md and "| published | Swin-T |" in md
     assert any("cascade_swin-t_1x.py" in m for m in summary["missing"])
     assert (out / "table6.csv").is_file()
+
+
+def test_table6_tells_same_named_runs_apart_and_marks_duplicates(tmp_path):
+    """Two work dirs of one name under different folders (e.g. two clusters' work_dirs) are two
+    rows with told-apart names, each marked as a duplicate of the other, as in the table maker."""
+    finished = FIX / "work_dirs" / "cascade-mask-rcnn_tinyvit-21m_fpn_1x_coco"
+    for site in ("a", "b"):
+        shutil.copytree(finished, tmp_path / site / "work_dirs" / finished.name)
+    out = tmp_path / "t6"
+    summary = reproduce_table6([str(tmp_path / site / "work_dirs") for site in ("a", "b")],
+                               str(out))
+    names = [f"{site}/work_dirs/{finished.name}" for site in ("a", "b")]
+    assert summary["runs"] == {n: "complete" for n in names}
+    assert summary["duplicates"] == {names[0]: [names[1]], names[1]: [names[0]]}
+    md = (out / "table6.md").read_text()
+    assert md.count("| ours (duplicate) | TinyViT-21M (IN-21k ⚗) |") == 2
+    assert f"same config as {names[1]}" in md
 
 
 def _fake_coco(root: Path) -> None:
@@ -230,10 +250,9 @@ def test_table5_weights_unreachable_still_writes_the_table(tmp_path, monkeypatch
     summary = json.loads(capsys.readouterr().out)
     (row,) = [m for m in summary["missing"] if m.startswith("row IN-21k ⚗")]
     assert "weights not downloadable now: could not download " + url in row
-    from tinyvit_backbone.weights import cache_path
-
-    manual = cache_path(url)  # a URL outside the registry has its own folder in the cache
-    assert manual.startswith(str(tmp_path / "torch" / "hub" / "checkpoints")) and manual in row
+    from tinyvit_backbone.weights import cache_path  # where a manual download is picked up
+    assert cache_path(url).startswith(str(tmp_path / "torch" / "hub" / "checkpoints"))
+    assert f"put the file at {cache_path(url)}:" in row
     assert row.endswith("Then rerun python tools/reproduce.py " + shlex.join(argv) + ".")
     assert summary["ran"] == [] and (out / "summary.json").is_file()
     assert (out / "table5_linear.md").is_file() and (out / "table5_fewshot.md").is_file()

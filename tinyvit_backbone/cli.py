@@ -39,9 +39,22 @@ def add_runtime_flags(parser: argparse.ArgumentParser, *, workers: int | None | 
     return g
 
 
+class _Subcommands(argparse._SubParsersAction):
+    """Subparsers whose own ``--help`` opens with the line the command list shows for them,
+    unless they are given a description of their own."""
+
+    def add_parser(self, name, **kwargs):
+        text = kwargs.get("help")
+        if text and kwargs.get("description") is None:
+            kwargs["description"] = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+        return super().add_parser(name, **kwargs)
+
+
 def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     """The subparsers every tool uses: ``dest='command'``, required."""
-    return parser.add_subparsers(dest="command", required=True, metavar="command")
+    return parser.add_subparsers(dest="command", required=True, metavar="command",
+                                 action=_Subcommands,
+                                 help="the job to run; COMMAND --help lists its options")
 
 
 def emit_json(result: Any, stream=None) -> None:

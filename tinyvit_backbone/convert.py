@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src", help="weights to read: a registry name, an http(s) URL, a "
                                     "timm/... hub tag or a file (.pth / .safetensors, any layout)")
     parser.add_argument("dst", help="file to write (.safetensors or .pth)")
-    parser.add_argument("--to", default="timm", choices=["timm", "openmmlab"])
+    parser.add_argument("--to", default="timm", choices=["timm", "openmmlab"],
+                        help="timm: timm's names, classifier kept (timm.create_model loads it); "
+                             "openmmlab: backbone.* names under state_dict, no classifier "
+                             "(mmengine's load_checkpoint loads it into a detector / segmenter); "
+                             "default %(default)s")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="download progress bar (default on)")
     args = parser.parse_args(argv)

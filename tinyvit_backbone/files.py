@@ -8,6 +8,9 @@ disk, gives it the permissions a plain ``open()`` would (``mkstemp`` makes files
 JSON goes out strict (:func:`dumps_json`): Python's ``json`` writes ``NaN`` and ``Infinity``,
 which are not JSON and which strict parsers (``jq``, JavaScript, Go, Rust's serde) reject, so an
 undefined number is written as ``null``.
+
+JSON-lines files that runs append to (results, training logs) go through :func:`append_jsonl`:
+one locked ``write`` per append, nothing torn left behind (see there).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import IO, Any
@@ -114,3 +118,92 @@ def read_json(path: str | os.PathLike, what: str, error: type[Exception] | None 
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise error(f"{what} {os.fspath(path)!r} is not valid JSON ({err}); it was "
                     "damaged: restore it or delete it and rerun the command that wrote it") from None
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def append_jsonl(path: str | os.PathLike, records: list[dict],
+                 log: Callable[[str], None] = _stderr) -> None:
+    """Append ``records`` to ``path`` (created with its folder if needed), atomically.
+
+    Under the lock, a torn last line (an earlier append cut short, e.g. by a full disk, or a
+    file edited without its final line end) is repaired first, so the new records never get
+    glued onto it (:func:`repair_torn_tail`, which says what it did through ``log``). An append
+    that cannot be written whole (disk full, file-size limit) is cut back to where it started
+    and raises ``OSError``: the file keeps exactly the complete records it had.
+    """
+    if not records:
+        return
+    import fcntl  # POSIX; imported here so that the atomic writers above load everywhere
+
+    path = os.fspath(path)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    payload = "".join(dumps_json(r, default=str) + "\n" for r in records).encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        start = repair_torn_tail(fd, path, log)
+        try:
+            written = os.write(fd, payload)
+        except OSError as err:
+            os.ftruncate(fd, start)
+            raise OSError(f"{path}: could not append {len(records)} record(s) "
+                          f"({err.strerror or err}); the file is unchanged. Free disk space "
+                          "and rerun the command") from None
+        if written != len(payload):
+            os.ftruncate(fd, start)  # never leave a torn line behind
+            raise OSError(f"{path}: wrote {written} of {len(payload)} bytes of records (disk "
+                          "full?); the partial line was removed and the file is unchanged. Free "
+                          "disk space and rerun the command")
+        os.fsync(fd)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def repair_torn_tail(fd: int, path: str, log: Callable[[str], None] = _stderr) -> int:
+    """Make the file behind ``fd`` (open read-write, exclusively locked) end with a line end;
+    returns its size afterwards, where the next append starts.
+
+    Every append writes whole lines, so bytes after the last line end are what a cut-short
+    append left. If they hold one complete JSON record (only its line end is missing), the line
+    end is added and the record kept. Otherwise they are no record: they are appended to
+    ``<path>.torn`` for inspection, then cut off with one ``ftruncate`` (atomic under the lock:
+    a reader sees the file before or after, and no complete record is touched).
+    """
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    start, chunk = size, 1 << 16
+    while start > 0:  # find the last line end, reading backwards
+        lo = max(0, start - chunk)
+        block = os.pread(fd, start - lo, lo)
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            start = lo + cut + 1
+            break
+        start = lo
+    fragment = os.pread(fd, size - start, start)
+    try:
+        complete = isinstance(json.loads(fragment), dict)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        complete = False
+    if complete:
+        os.write(fd, b"\n")
+        log(f"{path}: the last record had no line end (an append cut short just before it); "
+            "added it, the record is kept")
+        return size + 1
+    side = path + ".torn"
+    with open(side, "ab") as f:
+        f.write(fragment + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.ftruncate(fd, start)
+    log(f"{path}: removed a torn last line ({len(fragment)} bytes, not a complete record: an "
+        f"earlier append was cut short, e.g. by a full disk) and kept its bytes in {side}; the "
+        "complete records before it are unchanged")
+    return start

@@ -316,16 +316,23 @@ def describe(chosen: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tinyvit_backbone.mmcv_standin SCRIPT [ARGS ...]``."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.split("\n\n")[0] + "\n\nusage: python -m tinyvit_backbone.mmcv_standin "
-              "SCRIPT [ARGS ...]: run SCRIPT with the mmcv ops this machine can run (compiled "
-              "ones, else the stand-in)", file=sys.stderr)
-        return 0 if argv else 2
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tinyvit_backbone.mmcv_standin",
+        description="Run SCRIPT with the mmcv ops this machine can run: mmcv's compiled ops "
+                    "where they load (the CUDA ones on a GPU), else a labelled stand-in that "
+                    "runs nms and RoIAlign on torchvision's kernels. The choice is printed on "
+                    "stderr; numbers measured on the stand-in measure torchvision's kernels.")
+    parser.add_argument("script", metavar="SCRIPT", help="the Python script to run, e.g. "
+                        "tools/train.py")
+    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                        help="the script's own arguments, passed on unchanged")
+    args = parser.parse_args(argv)
     chosen = prepare("cuda" if torch.cuda.is_available() else "cpu")
     print(describe(chosen), file=sys.stderr, flush=True)
-    sys.argv = list(argv)
-    runpy.run_path(argv[0], run_name="__main__")
+    sys.argv = [args.script, *args.args]
+    runpy.run_path(args.script, run_name="__main__")
     return 0
 
 

@@ -587,8 +587,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="every registry entry, its URL (mirror applied) and whether "
                                 "it is cached")
     p = sub.add_parser("fetch", help="download (once) and verify; prints the local paths")
-    p.add_argument("specs", nargs="+", metavar="SPEC")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("specs", nargs="+", metavar="SPEC",
+                   help="weights to fetch: a registry name (see list), an http(s) URL, a "
+                        "timm/... hub tag or a file")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="download progress bar (default on)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return run_commands(parser, {"list": _list, "fetch": _fetch}, argv)
 

@@ -22,9 +22,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dirs", nargs="*", default=[], metavar="DIR",
-                   help="mmengine work dirs of mmdet / mmseg runs, or folders holding them")
+                   help="mmengine work dirs of mmdet / mmseg runs, or folders holding them "
+                        "(default: none)")
     p.add_argument("--results", nargs="*", default=[], metavar="FILE.jsonl",
-                   help="linear-probe / k-shot / episodes results (JSON lines)")
+                   help="linear-probe / k-shot / episodes results (JSON lines; the probes "
+                        "write results/linear_probe.jsonl by default) (default: none)")
     p.add_argument("--bench", default=None, metavar="REPORT.json",
                    help="benchmark report for measured images/s (bench/run_all.py writes "
                         "results/bench/report.json)")

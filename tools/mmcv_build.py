@@ -437,18 +437,23 @@ def installed_ops_key(marker: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command",
+                                help="the step to run; COMMAND --help lists its options")
+    ops_help = "the ops key that plan printed (cpu | cuda-sm_XY...)"
     sub.add_parser("plan", help="print the ops key (cpu | cuda-sm_XY...) for this machine")
     p = sub.add_parser("max-jobs", help="print MAX_JOBS for this machine")
-    p.add_argument("--ops", required=True)
+    p.add_argument("--ops", required=True, help=ops_help)
     p = sub.add_parser("check-torch", help="refuse a plan that the installed torch contradicts")
-    p.add_argument("--ops", required=True)
+    p.add_argument("--ops", required=True, help=ops_help)
     p = sub.add_parser("installed", help="print the ops key of the installed mmcv")
-    p.add_argument("--marker", type=Path, required=True)
+    p.add_argument("--marker", type=Path, required=True,
+                   help="file in which bootstrap recorded the CUDA ops key it installed")
     p = sub.add_parser("cuda-wheel", help="build or reuse the CUDA wheel; print its path")
-    p.add_argument("--ops", required=True)
-    p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--constraints", type=Path, required=True)
+    p.add_argument("--ops", required=True, help=ops_help)
+    p.add_argument("--cache", type=Path, required=True,
+                   help="folder holding one built wheel per key (ops, torch, Python, patch)")
+    p.add_argument("--constraints", type=Path, required=True,
+                   help="pip constraints file for the build's requirements")
     args = parser.parse_args(argv)
     try:
         if args.command == "plan":

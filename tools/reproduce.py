@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     t5 = sub.add_parser("table5", help="linear probe + cdfsl few-shot of TinyViT-21M")
     t5.add_argument("--weights", nargs="+", default=[], metavar="ROW=WEIGHTS",
                     help="per row: in1k, in1k-distill, in21k, in21k-distill = a registry name, "
-                         "URL, timm/ hub tag or file")
+                         "URL, timm/ hub tag or file (default: none; rows without weights are "
+                         "listed with the weights that fill them)")
     t5.add_argument("--data-root", default=None, help="folder holding the datasets "
                     "(default $TINYVIT_DATA or ./data)")
     t5.add_argument("--download", action="store_true",
@@ -42,11 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     t5.add_argument("--freeze-backbone", action="store_true",
                     help="cdfsl with a frozen backbone (default: fine-tuned, cdfsl's default)")
     small = t5.add_argument_group("smoke scale (records then differ from the paper's protocol)")
-    small.add_argument("--mocov3-epochs", type=int, help="instead of 90")
-    small.add_argument("--episodes", type=int, default=600, help="cdfsl episodes (600)")
+    small.add_argument("--mocov3-epochs", type=int,
+                       help="MoCo v3 linear-probe epochs (default: the recipe's 90)")
+    small.add_argument("--episodes", type=int, default=600,
+                       help="cdfsl episodes per shot count (default %(default)s)")
     small.add_argument("--shots", type=int, nargs="+", default=[5, 20, 50],
-                       help="cdfsl shots per class (5 20 50)")
-    small.add_argument("--image-size", type=int, help="instead of 224")
+                       help="cdfsl shots per class (default 5 20 50)")
+    small.add_argument("--image-size", type=int,
+                       help="input side in pixels (default: the dataset's, else the model's 224)")
     add_runtime_flags(t5, workers=None)
     t6 = sub.add_parser("table6", help="the three Cascade Mask R-CNN 1x COCO runs")
     t6.add_argument("--work-dirs", nargs="*", default=None, metavar="DIR",

@@ -47,7 +47,7 @@ def parse_args(argv=None):
                              "(under torchrun; gloo on CPU), slurm or mpi")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                         metavar="KEY=VALUE", help="override config values, as in mmdet's "
-                        "train.py (e.g. train_cfg.max_epochs=1 work_dir=/tmp/w)")
+                        "train.py (e.g. train_cfg.max_epochs=1 work_dir=/tmp/w; default: none)")
     embedded = parser.add_argument_group(
         "embedded scenes (CPU overlay)", "Train and evaluate CONFIG's model and recipe on the "
         "embedded scenes instead of COCO / ADE20K:\nsmall images, BN for SyncBN, fp32, a few "
@@ -72,7 +72,8 @@ def parse_args(argv=None):
                           help="backbone weights: registry name, URL, timm/... hub tag or file "
                                "(default: random init)")
     parser.add_argument("--local-rank", "--local_rank", type=int, default=0,
-                        help="set by the launcher (torch.distributed.launch); not needed by hand")
+                        help="set by the launcher (torch.distributed.launch; default 0); not "
+                             "needed by hand")
     args = parser.parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     return args

@@ -11,7 +11,7 @@ Commands (one job each; each prints one JSON result with the settings that produ
   mini-repro     the CPU mini reproduction on the embedded digits (teacher, store, students)
   convert-store  convert a format-1 store in place to the current format
 
-Multi-GPU / multi-process: ``torchrun --nproc-per-node N -m tinyvit_backbone.distill ...``.
+Multi-GPU / multi-process: torchrun --nproc-per-node N -m tinyvit_backbone.distill COMMAND ...
 """
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ def add_aug_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--auto-augment", help="timm auto-augment string (rand-m9-mstd0.5-inc1); none = off")
     g.add_argument("--color-jitter", type=float, help="color jitter strength (0.4; timm turns it "
                    "off while RandAugment is on unless --force-color-jitter)")
-    g.add_argument("--force-color-jitter", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--force-color-jitter", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep color jitter on together with RandAugment (off)")
     g.add_argument("--re-prob", type=float, help="random erasing probability (0.25)")
     g.add_argument("--re-mode", choices=["const", "rand", "pixel"], help="random erasing fill (pixel)")
     g.add_argument("--re-count", type=int, help="random erasing regions (1)")
@@ -150,19 +151,19 @@ def _save_logits(sub) -> None:
     add_teacher_args(p, required=True)
     add_data_args(p)
     p.add_argument("--out", required=True, help="store folder")
-    p.add_argument("--epochs", type=int, default=1, help="augmented epochs to store (1)")
-    p.add_argument("--topk", type=int, default=10, help="probabilities kept per sample (10; "
-                   "official: 10 for IN-1k, 100 for IN-21k)")
+    p.add_argument("--epochs", type=int, default=1, help="augmented epochs to store (default %(default)s)")
+    p.add_argument("--topk", type=int, default=10, help="probabilities kept per sample (default "
+                   "%(default)s; official: 10 for IN-1k, 100 for IN-21k)")
     p.add_argument("--value-format", choices=VALUE_FORMATS, default="fp16",
                    help="fp16: official precision, 4 + 4K + 4 bytes per record; log8: 8-bit "
                         "log-scale probabilities (top-1 kept in fp16) and bit-packed indices, "
                         "299 bytes at K=100 / 21,841 classes (default fp16)")
     p.add_argument("--batch-size", type=int, default=128, help="teacher batch per process, "
-                   "even (128); part of the store's identity")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the augmentation (0)")
+                   "even (default %(default)s); part of the store's identity")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the augmentation (default %(default)s)")
     p.add_argument("--block-kib", type=int, default=1024, help="file block owned by one "
-                   "writer, KiB, a power of two (1024: no two processes write the same aligned "
-                   "MiB); part of the store's identity")
+                   "writer, KiB, a power of two (default %(default)s: no two processes write the "
+                   "same aligned MiB); part of the store's identity")
     p.add_argument("--force", action="store_true", help="start even if the free disk space "
                    "cannot hold the rest of the store")
     p.add_argument("--rebuild-manifest", action="store_true", help="write a damaged or lost "
@@ -178,13 +179,18 @@ def _verify(sub) -> None:
     p.add_argument("--data", required=True, help="the dataset the store was written from")
     p.add_argument("--teacher-checkpoint", help="teacher weights (default: the path in the "
                    "manifest; the SHA-256 must match either way)")
-    p.add_argument("--num-records", type=int, default=256, help="records to re-run (256)")
+    p.add_argument("--num-records", type=int, default=256, help="records to re-run (default %(default)s)")
     p.add_argument("--epochs", type=int, nargs="+", help="epochs to sample the agreement from "
                    "(default: all; the integrity scan always covers every epoch)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the record sample (0)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-mean-abs-error", type=float, default=1e-2)
-    p.add_argument("--min-top1-agreement", type=float, default=0.99)
+    p.add_argument("--seed", type=int, default=0, help="seed of the record sample (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="teacher batch of the re-run (default %(default)s)")
+    p.add_argument("--max-mean-abs-error", type=float, default=1e-2,
+                   help="largest mean |stored - re-run| of the top-K probabilities for which the "
+                        "store agrees with the teacher (default %(default)s)")
+    p.add_argument("--min-top1-agreement", type=float, default=0.99,
+                   help="smallest fraction of re-run records whose top-1 class must match the "
+                        "stored one (default %(default)s)")
     add_runtime_flags(p)
 
 
@@ -206,8 +212,8 @@ def _train(sub, finetune: bool) -> None:
     p.add_argument("--val-data", help="ImageFolder root of the validation split (digits: "
                    "the test split is used)")
     p.add_argument("--arch", default="5m", help="TinyViT arch: 5m, 11m, 21m or a JSON file "
-                   "of embed_dims / depths / num_heads / window_sizes (5m)")
-    p.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (0)")
+                   "of embed_dims / depths / num_heads / window_sizes (default %(default)s)")
+    p.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder (checkpoint, logs, "
                    "student.pth, result.json)")
     if finetune:
@@ -215,7 +221,10 @@ def _train(sub, finetune: bool) -> None:
                        "(student.pth of `train`, or a registry name, URL, timm/ hub tag); a "
                        "head of another class count is re-made")
     else:
-        p.add_argument("--mode", choices=["store", "online", "labels"], default="store")
+        p.add_argument("--mode", choices=["store", "online", "labels"], default="store",
+                       help="store: soft labels from --store (the paper's fast distillation); "
+                            "online: from a live --teacher; labels: the dataset's labels "
+                            "(default %(default)s)")
         p.add_argument("--store", help="logit store (mode store)")
         p.add_argument("--skip-bad-samples", action="store_true", help="mode store: train "
                        "without the samples whose records fail their check (counted in the "
@@ -226,27 +235,38 @@ def _train(sub, finetune: bool) -> None:
                        "teacher's top-K, rebuilt like the store's (default: full softmax)")
         p.add_argument("--online-value-format", choices=VALUE_FORMATS, default="fp16",
                        help="mode online with --online-topk: round the top-K like this store "
-                            "value format (fp16)")
+                            "value format (default %(default)s)")
         add_teacher_args(p, required=False)
     p.add_argument("--epochs", type=int, default=30 if finetune else None,
-                   help="default 30" if finetune else "default: the store's complete epochs "
-                   "(mode store) or 30")
-    p.add_argument("--batch-size", type=int, default=128, help="per process, even (128)")
+                   help="training epochs (default %(default)s)" if finetune else
+                   "training epochs (default: the store's complete epochs in mode store, "
+                   "else 30)")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="images per process, even (default %(default)s)")
     p.add_argument("--lr", type=float, default=2.5e-4 if finetune else 1e-3,
-                   help="peak lr for the global batch (no automatic scaling)")
-    p.add_argument("--min-lr", type=float, default=1e-5)
-    p.add_argument("--warmup-epochs", type=float, default=5.0 if finetune else 1.0)
-    p.add_argument("--weight-decay", type=float, default=1e-8 if finetune else 0.05)
+                   help="peak lr for the global batch, no automatic scaling (default "
+                        "%(default)s)")
+    p.add_argument("--min-lr", type=float, default=1e-5,
+                   help="lr at the end of the cosine schedule (default %(default)s)")
+    p.add_argument("--warmup-epochs", type=float, default=5.0 if finetune else 1.0,
+                   help="linear warmup from lr / 1000, in epochs (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=1e-8 if finetune else 0.05,
+                   help="AdamW weight decay (default %(default)s)")
     p.add_argument("--layer-decay", type=float, default=0.8 if finetune else None,
-                   help="layer-wise lr decay (timm's, by TinyViT block)")
-    p.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation steps")
-    p.add_argument("--clip-grad", type=float, default=5.0, help="max grad norm; 0 = off")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="labels mode (0.1)")
+                   help="layer-wise lr decay, timm's, by TinyViT block (default "
+                        + ("%(default)s)" if finetune else "off)"))
+    p.add_argument("--accum-steps", type=int, default=1,
+                   help="gradient accumulation steps (default %(default)s)")
+    p.add_argument("--clip-grad", type=float, default=5.0,
+                   help="max grad norm; 0 = off (default %(default)s)")
+    p.add_argument("--label-smoothing", type=float, default=0.1,
+                   help="label smoothing of mode labels (default %(default)s)")
     p.add_argument("--bn-eval", action=argparse.BooleanOptionalAction, default=finetune,
-                   help="keep BatchNorm statistics frozen while training")
+                   help="keep BatchNorm statistics frozen while training (default "
+                        + ("on)" if finetune else "off)"))
     p.add_argument("--seed", type=int, help="model init and augmentation seed (mode store: "
                    "the store's)")
-    p.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs")
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (default %(default)s)")
     p.add_argument("--eval-crop-pct", type=float, help="center-crop fraction at evaluation "
                    "(0.875; digits 1.0)")
     p.add_argument("--fresh", action="store_true", help="ignore and replace earlier outputs")
@@ -267,7 +287,7 @@ def _mini_repro(sub) -> None:
     p.add_argument("--with-online", action=argparse.BooleanOptionalAction, default=True,
                    help="also train with the teacher online (default on)")
     p.add_argument("--value-formats", nargs="+", choices=VALUE_FORMATS, default=["fp16"],
-                   help="one store (and student) per value format, same seeds (fp16)")
+                   help="one store (and student) per value format, same seeds (default fp16)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the inits, augmentations and batches (default 0)")
     p.add_argument("--fresh", action="store_true", help="recompute every stage")
@@ -281,7 +301,7 @@ def _convert_store(sub) -> None:
                        "enough); no teacher runs. Rerun the same command if it is interrupted.")
     p.add_argument("--store", required=True, help="store folder")
     p.add_argument("--block-kib", type=int, default=1024, help="block size of the converted "
-                   "store, KiB (1024)")
+                   "store, KiB (default %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:

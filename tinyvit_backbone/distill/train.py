@@ -16,7 +16,8 @@ DDP and AMP. Outputs in ``out_dir``::
 
     last.pth      resumable checkpoint (model, optimizer, scheduler, scaler, RNG, epoch)
     log.jsonl     one JSON line per epoch (loss, lr, accuracy, seconds, images/s, and the
-                  samples with bad records left out under ``skip_bad_samples``)
+                  samples with bad records left out under ``skip_bad_samples``), appended
+                  with :func:`~tinyvit_backbone.files.append_jsonl` (a torn line is repaired)
     student.pth   final weights: plain timm-layout state dict (``torch.save(model.state_dict())``)
     result.json   settings, accuracies and paths; its presence marks the run finished
 """
@@ -34,7 +35,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..files import atomic_torch_save, atomic_write_json, read_json
+from ..files import append_jsonl, atomic_torch_save, atomic_write_json, read_json
 from ..progress import progress_bar
 from .datasets import DatasetInfo
 from .errors import DistillError, StoreError
@@ -146,7 +147,7 @@ def train_classifier(
                          epochs=settings.epochs, data=data)
     config = dict(settings=asdict(settings), aug=aug.to_dict(), dataset=data.to_dict(),
                   num_classes=num_classes, world_size=env.world_size, extra=extra or {})
-    run = _RunFiles(out_dir, weights_name)
+    run = _RunFiles(out_dir, weights_name, log)
     done = run.finished(config, fresh)
     if done is not None:
         log(f"[train] {out_dir}: finished run found, skipped (use fresh to retrain)")
@@ -240,8 +241,9 @@ def check_store_records(store, num_samples: int, settings: TrainSettings, epochs
 class _RunFiles:
     """The output folder of a training run (see the module docstring)."""
 
-    def __init__(self, out_dir: str, weights_name: str):
+    def __init__(self, out_dir: str, weights_name: str, log: Callable[[str], None] = print):
         self.out_dir = out_dir
+        self.say = log
         self.result = os.path.join(out_dir, RESULT)
         self.weights = os.path.join(out_dir, weights_name)
         self.ckpt = os.path.join(out_dir, CHECKPOINT)
@@ -274,8 +276,9 @@ class _RunFiles:
         return ckpt
 
     def save_epoch(self, record: dict, state: dict) -> None:
-        with open(self.log, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        # the results files' append: a line torn by a kill or a full disk is repaired (and kept
+        # aside in log.jsonl.torn) before the next epoch's line, never glued onto it
+        append_jsonl(self.log, [record], log=self.say)
         atomic_torch_save(self.ckpt, state)
 
     def save_result(self, model: nn.Module, result: dict) -> None:

@@ -198,13 +198,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tinyvit_backbone.embedded.scenes",
         description="Generate the embedded detection / segmentation scenes (COCO + mmseg layout).")
-    parser.add_argument("--out", default=DEFAULT_ROOT, help="output folder")
+    parser.add_argument("--out", default=DEFAULT_ROOT, help="output folder (default %(default)s)")
     defaults = SceneSettings()
-    parser.add_argument("--num-train", type=int, default=defaults.num_train)
-    parser.add_argument("--num-val", type=int, default=defaults.num_val)
-    parser.add_argument("--image-size", type=int, default=defaults.image_size)
-    parser.add_argument("--max-objects", type=int, default=defaults.max_objects)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--num-train", type=int, default=defaults.num_train,
+                        help="images of the train split (default %(default)s)")
+    parser.add_argument("--num-val", type=int, default=defaults.num_val,
+                        help="images of the val split (default %(default)s)")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size,
+                        help="side of the square images in pixels (default %(default)s)")
+    parser.add_argument("--max-objects", type=int, default=defaults.max_objects,
+                        help=f"most shapes per image, at least {defaults.min_objects} "
+                             "(default %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seed of the shapes, colours and placements (default %(default)s)")
     parser.add_argument("--force", action="store_true", help="rewrite even if up to date")
     args = parser.parse_args(argv)
     settings = SceneSettings(num_train=args.num_train, num_val=args.num_val,

@@ -147,8 +147,13 @@ def cmd_report(args) -> dict:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tinyvit_backbone.scaling",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tinyvit_backbone.scaling",
+        description="Progressive model shrinking: measure architectures, shrink a seed\n"
+                    "architecture under limits, remake the tables of a search.",
+        epilog="examples:" + __doc__.split("\n", 1)[1].split("\n\nNumbers")[0]
+        + "\n\nNumbers take SI suffixes (5.4M, 1.3G, 2e6); none leaves a target without that "
+          "limit.", formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = subcommands(parser)
 
     def cost_flags(p):
@@ -177,7 +182,7 @@ def make_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_measure, no_throughput=False)
 
     s = sub.add_parser("search", help="shrink a seed architecture under limits")
-    s.add_argument("--seed-arch", default="21m", help="5m, 11m, 21m or an arch JSON file")
+    s.add_argument("--seed-arch", default="21m", help="5m, 11m, 21m or an arch JSON file (default %(default)s)")
     s.add_argument("--max-params", nargs="+", type=parse_number, metavar="N",
                    help="parameter limit per target, largest first (e.g. 21M 11M 5.4M)")
     s.add_argument("--max-macs", nargs="+", type=parse_number, metavar="N",
@@ -202,13 +207,16 @@ def make_parser() -> argparse.ArgumentParser:
                    help="side in pixels of the proxy's digits (default 32; 224 to rank window "
                         "sizes, on a GPU)")
     s.add_argument("--holdout-fraction", type=float, default=0.2,
-                   help="part of the digits train split held out for the proxy score")
+                   help="part of the digits train split held out for the proxy score (default "
+                        "%(default)s)")
     s.add_argument("--candidates-per-round", type=int, default=6,
                    help="candidates contracted and scored per round (default 6)")
     s.add_argument("--round-ratio", type=float, default=0.7,
-                   help="a round shrinks a limit to at least this fraction of the current model")
+                   help="a round shrinks a limit to at least this fraction of the current model "
+                        "(default %(default)s)")
     s.add_argument("--band", type=float, default=0.1,
-                   help="drop candidates more than this fraction inside every limit")
+                   help="drop candidates more than this fraction inside every limit (default "
+                        "%(default)s)")
     s.add_argument("--factors", nargs="+", choices=FACTORS, default=list(FACTORS),
                    help="what a contraction may change (default: all of them)")
     s.add_argument("--min-dim", type=int, default=32,
