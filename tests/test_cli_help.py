@@ -22,8 +22,6 @@ PENDING = {
     "tinyvit-export": "pending: the export rework fixes its Sphinx epilog and cut description",
     "python -m tinyvit_backbone.export": "pending: the export rework fixes its Sphinx epilog and "
                                          "cut description",
-    "tools/check_env.py": "pending: the environment rework owns tools/check_env.py (its "
-                          "description quotes ``--ops cuda-...``)",
 }
 
 

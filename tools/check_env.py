@@ -1,14 +1,14 @@
 """Prove that the environment works: the compiled mmcv ops run on CPU, mmdet and mmseg import
 and build models from their registries, `mim` answers, and torch is the pinned version. With
-``--ops cuda-...`` (what tools/bootstrap.sh passes when it built CUDA ops) it also proves that
+`--ops cuda-...` (what tools/bootstrap.sh passes when it built CUDA ops) it also proves that
 mmcv was compiled by torch's CUDA version and, where a GPU is visible, that nms and RoIAlign on
-CUDA tensors agree with the CPU. With ``--ops lite`` (mmcv-lite) the ops are not looked for.
-With ``--kept FILE`` (a bring-your-own-torch environment) torch need not be the pinned version;
-instead every ``name==version`` of FILE must still be that version, imported from outside the
+CUDA tensors agree with the CPU. With `--ops lite` (mmcv-lite) the ops are not looked for.
+With `--kept FILE` (a bring-your-own-torch environment) torch need not be the pinned version;
+instead every `name==version` of FILE must still be that version, imported from outside the
 venv: the interpreter's own packages, which no pip call may have replaced.
 
 Run by tools/bootstrap.sh as its last step; exits non-zero with the reason on the first failure.
-``--editable-at ROOT`` alone (also run by bootstrap, from a neutral folder with ``python -I``)
+`--editable-at ROOT` alone (also run by bootstrap, from a neutral folder with `python -I`)
 only checks that the environment imports the project from the checkout at ROOT.
 """
 import argparse

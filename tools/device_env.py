@@ -1,12 +1,12 @@
-"""Write what a machine offers the project as one JSON file (``tools/device_check.sh`` writes
+"""Write what a machine offers the project as one JSON file (`tools/device_check.sh` writes
 OUTDIR/env.json with it): Python, torch and its CUDA, the GPUs, nvcc, the versions of the
 packages the project uses, which mmcv ops can run, ONNX Runtime's execution providers, and the
-requirements ``pip check`` finds unmet.
+requirements `pip check` finds unmet.
 
     python tools/device_env.py --out OUTDIR/env.json [--bundle DIR] [--install WHERE]
 
-mmcv's ops are one of ``compiled-cuda`` (a real mmcv built with CUDA ops), ``compiled-cpu``
-(a real mmcv with CPU ops only) or ``none`` (mmcv-lite or no mmcv: the GPU check's detection
+mmcv's ops are one of `compiled-cuda` (a real mmcv built with CUDA ops), `compiled-cpu`
+(a real mmcv with CPU ops only) or `none` (mmcv-lite or no mmcv: the GPU check's detection
 sections then use its labelled stand-in, whose numbers prove nothing about mmcv's kernels).
 Runs before anything of the project may import, so it needs only the standard library (and
 reports whatever else is missing instead of failing on it).

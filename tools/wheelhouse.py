@@ -1,18 +1,18 @@
 """Folders of wheels for machines without a network: prepare on a connected machine, install on
-the offline one. Every download and build is pip's own (``pip download`` / ``pip wheel``).
+the offline one. Every download and build is pip's own (`pip download` / `pip wheel`).
 
-``download DEST`` fills a wheelhouse with every wheel ``tools/bootstrap.sh`` installs (torch,
+`download DEST` fills a wheelhouse with every wheel `tools/bootstrap.sh` installs (torch,
 the OpenMMLab stack, the project's dependencies and extras), for a target Python version and
-platform, plus mmcv 2.1.0 as asked (``--mmcv``): its sdist, which the offline machine compiles;
-a CPU or CUDA wheel built here (``tools/mmcv_build.py``); mmcv-lite; or nothing.
-``TINYVIT_WHEELHOUSE=DEST make env`` then installs from it with no network.
+platform, plus mmcv 2.1.0 as asked (`--mmcv`): its sdist, which the offline machine compiles;
+a CPU or CUDA wheel built here (`tools/mmcv_build.py`); mmcv-lite; or nothing.
+`TINYVIT_WHEELHOUSE=DEST make env` then installs from it with no network.
 
-``bundle DEST`` makes the smaller folder ``tools/device_check.sh`` carries to a GPU machine whose
+`bundle DEST` makes the smaller folder `tools/device_check.sh` carries to a GPU machine whose
 image already holds torch, torchvision, numpy and timm: the pinned wheels of
-``tools/device_bundle.txt``, checked against a size limit.
+`tools/device_bundle.txt`, checked against a size limit.
 
-``offline-env DIR`` prints the ``export`` lines that make every pip call of a shell script (and
-of the programs it starts) install from ``DIR`` alone: ``PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR``.
+`offline-env DIR` prints the `export` lines that make every pip call of a shell script (and
+of the programs it starts) install from `DIR` alone: `PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR`.
 """
 from __future__ import annotations
 
@@ -313,7 +313,8 @@ def bundle(dest: Path, *, spec: Path = BUNDLE_SPEC, python_version: str = DEVICE
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/wheelhouse.py",
                                      description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command",
+                                help="download, bundle, offline-env or ops (each has its own --help)")
 
     def target_options(p, python_default, platform_default):
         p.add_argument("--python-version", default=python_default,
@@ -346,9 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-mb", type=float, default=DEFAULT_BUNDLE_MB,
                    help="refuse a bundle larger than this (default %(default)s MB)")
     p = sub.add_parser("offline-env", help="print the exports that make pip use DIR alone")
-    p.add_argument("folder", type=Path)
+    p.add_argument("folder", type=Path, help="the wheelhouse every pip call is to install from")
     p = sub.add_parser("ops", help="print the ops key of a wheelhouse's mmcv wheel (or nothing)")
-    p.add_argument("folder", type=Path)
+    p.add_argument("folder", type=Path, help="the wheelhouse whose mmcv wheel is looked at")
     args = parser.parse_args(argv)
     try:
         if args.command == "download":
