@@ -1,21 +1,30 @@
 """Fast CPU inference for feature extraction and deployment (same outputs within 1e-5).
 
 :func:`fuse_for_inference` rewrites a TinyViT (this project's backbone or timm's ``TinyVit``)
-in place, for eval only; :class:`BatchParallel` spreads a batch over the cores;
-:func:`resolve_backend` picks torch or ONNX Runtime (``--backend auto``). Measured on a
-2-core AMD EPYC (Zen 3, AVX2; MKL sgemm peaks at ~88 GFLOP/s per core), TinyViT-21M, 224 px,
-batch 8, against ONNX Runtime 1.32 running the same model; each step stayed because it paid:
+in place, for eval only; :class:`BatchParallel` spreads a forward over the cores (a batch over
+workers, a single image in row bands); :func:`resolve_backend` picks the runtime of feature
+extraction (``--backend auto`` is this path). Each step stayed because it paid. Measured on a
+2-core AMD EPYC (Zen 4 with AVX-512, a KVM guest shared with other work; torch 2.14 with
+oneDNN 3.12 and MKL 2024.2) against ONNX Runtime 1.32 on timm's own fixed-shape export, with
+TinyViT-21M; per-core figures are the CPU time of one thread (``time.thread_time``, which the
+other processes on the machine move little):
 
 * **Freed memory stays in the process** (:func:`retain_freed_memory`). glibc returns blocks
   over 32 MB to the kernel and trims its heap, so every PyTorch forward page-faulted its
   large activations back in: 53,000 faults (210 MB) per forward, a fifth of its CPU time
-  (1.64 -> 1.30 CPU s). ONNX Runtime's arena never pays this; this was most of its lead.
-* **GEMMs through MKL, GELU in place.** Every linear layer and every 1x1 conv (a GEMM on the
-  channels_last (pixels, channels) view of the same memory) is ``torch.addmm``: 88 GFLOP/s on
-  one core against oneDNN's 80, and oneDNN's fused GELU costs 4.5 ns an element against 1 ns
-  for an in-place GELU afterwards (fc1 of stage 3: 34.2 -> 23.6 ms). Residuals ride in the
-  GEMM's accumulator. The 3x3 convs stay on oneDNN with GELU as its post-op: there the maps
-  are 38 MB and memory-bound, and the fused GELU saves a pass (22 vs 31 ms for stage 0).
+  (1.64 -> 1.30 CPU s). ONNX Runtime's arena never pays this.
+* **oneDNN convolutions, the weights reordered per input shape** (:class:`FusedConv`). A
+  linear layer is the 1x1 convolution of its tokens' memory, a 1x1 conv that of the
+  channels_last map; oneDNN runs them with the weight reordered once into the blocked layout it
+  picks for the input shape: 112-115 GFLOP/s on one core for the blocks' GEMMs, against 90-98
+  for ``torch.addmm`` (MKL; 74 with 96 output channels) and 100-111 for oneDNN's matmul on
+  the plain weight. The reordered weights are kept per shape (the last ``PACKED_SHAPES``): a
+  layout picked for one shape ran another at a quarter of the speed (29 vs 109 GFLOP/s,
+  784 x 384 -> 1536), the whole model at half (238 vs 105 ms an image when the batch went
+  from 8 to 4). Residuals are summed into the accumulator in place (1-6% on the GEMM, against
+  4-14% for an add after it); the GELU is oneDNN's post-op, as fast here as an in-place GELU after
+  the GEMM (0.45 ns an element). On the Zen 3 machine of earlier measurements MKL had led (88
+  against 80 GFLOP/s) and the fused GELU had cost 4.5 ns: re-measure this step on a new CPU.
 * **Folded constants**: BatchNorm into convs, the LayerNorm affines into the following linear
   layer (``W (g * n + b) + c = (W g) n + (W b + c)``), the attention scale into the query rows.
 * **No GEMM work on padding.** Windows are padded to whole windows, as in timm, but qkv is
@@ -23,25 +32,44 @@ batch 8, against ONNX Runtime 1.32 running the same model; each step stayed beca
   bias: timm's LayerNorm maps a zero token to its bias), and the projection runs after the
   crop. At 512 px, stage 3's 32x32 map pads to 42x42 (72% more tokens), so this is where the
   fast path gains most on ONNX Runtime and torch.compile, which compute the padding.
-* **Attention** as two batched matmuls reading slices of one (window x head)-major copy of
-  qkv, softmax in place. ONNX Runtime's attention core is still 25% faster (its softmax has a
-  cheaper exp), but it is a tenth of the forward.
-* **Batches over threads** (:class:`BatchParallel`). torch splits each op over its OpenMP
-  threads, which meet at a barrier after every op; on a machine shared with other processes a
-  barrier waits for a descheduled thread. One-thread workers on slices of the batch do not
-  wait for each other: 2.6 img/s against 1.3 for the same fast path on two OpenMP threads,
-  and 2.4 for ONNX Runtime (load average 7-11 on the 2 cores; bench/bench_inference.py).
+* **Attention.** q, k and v are copied apart by the windowing copy (QK^T of 24 windows x heads
+  of 196 tokens: 0.69 against 0.87 ms on strided slices of one tensor); the batched matmuls
+  take at most 4 MB of attention maps at a time (800x1333, stage 2's 24 windows x 12 heads:
+  31 against 55 ms at once); the softmax is in base 2 (:func:`_softmax2_matmul`): log2(e) is
+  folded into the fast path's copy of the query rows and of the biases, exp2 costs 0.28 ns an
+  element against 0.81 for exp, the max is not subtracted where the row sums show that nothing
+  overflowed or vanished (other rows are redone with it), and the sums divide the (tokens, 32)
+  output rather than the maps: 2.28 -> 1.83 ms for 2 windows x 12 heads. ONNX Runtime's
+  batched matmuls (MLAS) stay 1.2-1.5x faster than ``torch.bmm`` (MKL) on these 196 x 196 x 32
+  shapes: about 6% of the forward at 21M, 15% at 5M, where ONNX Runtime keeps a lead per core.
+* **MBConv one image at a time**: an image's 4x wider hidden maps stay in the cache (stage 0,
+  4 images at 224 px: 26.4 against 29.1 ms).
+* **The classifier's head** (21,841 x 576) through oneDNN's matmul: it streams the 50 MB
+  weight faster (4.1 against 6.2 ms for 4 images).
+* **Threads** (:class:`BatchParallel`). torch splits each op over its OpenMP threads, which
+  meet at a barrier after every op; on a machine shared with other processes a barrier waits
+  for a descheduled thread. One-thread workers do not wait for each other: a batch of at least
+  one image per thread goes to them in slices; a smaller batch (a detection image) stays whole
+  and every layer splits its rows into bands over the same workers, 2 bands per thread, each
+  taken by the next free worker. Attention bands are whole window rows (a band of window
+  rows is attended alone); convolution and MLP bands compute the input rows their
+  convolutions read above and below (the conv pads the band as it pads the whole map, and the
+  output rows that the padding reaches are cropped). The bands cost 2.7% more CPU time than
+  one stream (4 per thread: 8%; 8: 13%). With the 2 cores shared (load average 3-11), 21M,
+  median of paired rounds: 800x1333 batch 1, 0.44 img/s against 0.33 for ONNX Runtime and
+  0.19 for this path on OpenMP (0.17-0.23 against 0.11-0.17 and 0.06 at load 6-11); 224 px
+  batch 8, 9.8 against 7.1 img/s; 512 px batch 2, 1.16 against 0.81.
 
-The result: per core the two runtimes are close (one thread, CPU time: 6.6 img/s for the fast
-path, 7.0 for ONNX Runtime, whose kernels stay a little ahead at 224 px without padding);
-with both cores the fast path leads through its threads, and at padded sizes through the
-skipped padding. A single image cannot be split over workers, so there ``--backend auto``
-runs the exported graph on ONNX Runtime (800x1333: 0.12-0.13 img/s against 0.10 on OpenMP);
-that is not yet ahead of ONNX Runtime on timm's own fixed-shape export (0.92x, per-round
-quartiles 0.89-1.03): the dynamic graph pads qkv (3x the channels of timm's padded input).
-Why not torch.compile: it compiles per input shape (about a minute each for 21M on this
-machine) and detection inputs change size every batch; these rewrites need no compilation
-and fall back to plain ops wherever oneDNN is unavailable (CUDA, other dtypes, autograd).
+The result per core (one thread, CPU time, 21M): 224 px batch 4 (a worker's slice of 8) 0.98x
+ONNX Runtime (0.83-0.88x before the oneDNN, attention and MBConv steps), 800x1333 1.09x
+(0.94-1.01x);
+5M at 224 px 0.89x. With both cores the threads add the lead of no barriers, and at padded
+sizes the skipped padding. That is why ``--backend auto`` is this path at every batch size: the
+exported graph on ONNX Runtime (``--backend onnxruntime``) was the choice for single images
+until the rows were split over threads. Why not torch.compile: it compiles per input shape
+(about a minute each for 21M on this machine) and detection inputs change size every batch;
+these rewrites need no compilation and fall back to plain ops wherever oneDNN is unavailable
+(CUDA, other dtypes, autograd).
 
 While torch.onnx / torch.export / torch.jit.trace records the model (:func:`exporting`), the
 blocks use plain ops and shape-independent windowing, so :mod:`tinyvit_backbone.export`
