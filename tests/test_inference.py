@@ -174,3 +174,17 @@ def test_plain_op_fallback_matches(monkeypatch):
     x = torch.randn(2, 3, 45, 70)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-5)
+
+
+def test_autocast_runs_the_plain_ops_in_its_dtype():
+    """Under CPU autocast the fused model follows autocast (plain ops in bfloat16), as the
+    unfused one does, instead of the float32 oneDNN path."""
+    torch.manual_seed(0)
+    model = _randomise_stats(TinyViT(arch=SMALL)).eval()
+    fused = BatchParallel(fuse_for_inference(copy.deepcopy(model)), workers=2)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = model(x), fused(x)
+    for a, b in zip(got, expected):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a.float(), b.float(), rtol=0.05, atol=0.05)

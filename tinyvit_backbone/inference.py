@@ -103,8 +103,11 @@ def exporting() -> bool:
 
 
 def _fast_cpu(x: torch.Tensor) -> bool:
+    """Whether the oneDNN float32 path applies: CPU, float32, no autograd, no graph being
+    recorded, and no autocast (which asks for its own dtype: the plain ops follow it)."""
     return (_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
-            and not (x.requires_grad and torch.is_grad_enabled()) and not exporting())
+            and not (x.requires_grad and torch.is_grad_enabled()) and not exporting()
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def retain_freed_memory() -> bool:
