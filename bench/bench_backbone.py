@@ -5,7 +5,9 @@ Figures (all images/s, higher is better):
 
 * ``tinyvit-X backbone vs timm @S``: the mmdet/mmseg wrapper against timm's own
   ``forward_intermediates`` on the same weights; goal: at most 2% slower (speedup >= 0.98);
-* ``tinyvit-X fast vs timm @S``: :func:`fuse_for_inference` against the same baseline;
+* ``tinyvit-X fast vs timm @S``: :func:`fuse_for_inference` under :class:`BatchParallel` (the
+  project's default CPU runtime: batches over one-thread workers, single images in row bands;
+  a pass-through on a GPU) against the same baseline;
 * ``tinyvit-21m backbone|fast vs swin-t @S``: the paper's comparison pair; goal for the fast
   path: at least Swin-T's throughput (speedup >= 1.0).
 
@@ -83,7 +85,7 @@ def measure(size: int | tuple[int, int], batch: int, rounds: int, archs=ARCHS) -
 
     from tinyvit_backbone import TinyViT
     from tinyvit_backbone.device import select_device
-    from tinyvit_backbone.inference import fuse_for_inference
+    from tinyvit_backbone.inference import BatchParallel, fuse_for_inference
 
     device = select_device()
     h, w = (size, size) if isinstance(size, int) else size
@@ -96,7 +98,7 @@ def measure(size: int | tuple[int, int], batch: int, rounds: int, archs=ARCHS) -
         raw, backbone = raw.to(device), backbone.to(device)
         backbone.load_state_dict({k: v for k, v in raw.state_dict().items()
                                   if not k.startswith("head.")})
-        models[arch] = (raw, backbone, fuse_for_inference(copy.deepcopy(backbone)))
+        models[arch] = (raw, backbone, BatchParallel(fuse_for_inference(copy.deepcopy(backbone))))
         fns[f"{arch}/timm"] = lambda m=raw: m.forward_intermediates(x, intermediates_only=True)
         fns[f"{arch}/backbone"] = lambda m=models[arch][1]: m(x)
         fns[f"{arch}/fast"] = lambda m=models[arch][2]: m(x)

@@ -162,8 +162,7 @@ def extract_splits(
         batch_size = 256 if device.type == "cuda" else 64
     if extractor is None:
         from tinyvit_backbone.inference import resolve_backend
-        backend = resolve_backend(backend, device, tinyvit=spec.kind == "tinyvit",
-                                  batch_size=batch_size)
+        backend = resolve_backend(backend, device, tinyvit=spec.kind == "tinyvit")
     data_config = input_config(spec, info, image_size)
     size = int(data_config["input_size"][-1])
     prep = _preprocessing(info, data_config, preprocessing)

@@ -1,4 +1,5 @@
 """ONNX export: parity with PyTorch, dynamic batch / height / width, the CLI and its refusals."""
+import argparse
 import json
 import sys
 
@@ -15,10 +16,11 @@ from tinyvit_backbone.checkpoint import timm_to_official  # noqa: E402
 from tinyvit_backbone.export import (  # noqa: E402
     DEFAULT_OPSET,
     ExportError,
-    OnnxRuntimeModel,
+    build_parser,
     export_module,
     main,
 )
+from tinyvit_backbone.onnx_runtime import OnnxRuntimeError, OnnxRuntimeModel  # noqa: E402
 
 from .test_backbone import _randomise_stats  # noqa: E402
 
@@ -145,7 +147,7 @@ def test_export_above_tolerance_is_refused_and_writes_nothing(tmp_path, capsys, 
 
 def test_unsupported_settings_are_clear_errors(tmp_path, capsys):
     out = tmp_path / "m.onnx"
-    assert main(["backbone", "--arch", "5m", "-o", str(out), "--opset", "13"]) == 2
+    assert main(["backbone", "--arch", "5m", "--random-init", "-o", str(out), "--opset", "13"]) == 2
     assert "opset 13 is not supported: use 17..20" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["backbone", "--arch", "5m", "-o", str(out), "--check-size", "0x5"])
@@ -169,7 +171,7 @@ def test_training_mode_and_other_models_cannot_be_exported():
 def test_missing_onnxruntime_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
     out = tmp_path / "m.onnx"
-    assert main(["backbone", "--arch", "5m", "-o", str(out)]) == 2
+    assert main(["backbone", "--arch", "5m", "--random-init", "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "ONNX Runtime is not installed" in err and "pip install 'tinyvit-transfer[onnx]'" in err
     assert not out.exists()
@@ -184,5 +186,35 @@ def test_runtime_wrapper_refuses_other_devices_and_casts_inputs():
     runtime = OnnxRuntimeModel(exported.onnx, threads=1)
     out = runtime(torch.ones(1, 3, 4, 4, dtype=torch.float64))
     assert out.dtype == torch.float32 and np.allclose(out.numpy(), 2)
-    with pytest.raises(ExportError, match="on the CPU"):
+    with pytest.raises(OnnxRuntimeError, match="on the CPU"):
         runtime(torch.ones(1, 3, 4, 4, device="meta"))
+
+
+def test_weights_are_required_or_random_init_is_explicit(tmp_path, capsys):
+    """Without --weights nothing is exported (a random model would pass for a real one);
+    --random-init exports one and says so in the record."""
+    _, _, arch = _small_classifier_file(tmp_path)
+    out = tmp_path / "random.onnx"
+    common = ["classifier", "--arch", str(arch), "--num-classes", "10", "-o", str(out),
+              "--check-size", "64"]
+    assert main(common) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no weights to export: give --weights") and "--random-init" in err
+    assert not out.exists()
+    assert main(common + ["--random-init"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["random_init"] is True and record["weights"] is None and out.exists()
+    with pytest.raises(SystemExit):  # both: argparse refuses the pair
+        main(common + ["--random-init", "--weights", "x.pth"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_help_is_plain_text_and_explains_every_option():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for p in [parser, *subparsers.choices.values()]:
+        text = p.format_help()
+        for markup in (":class:", ":func:", ":mod:", ":meth:", "``", "~tinyvit_backbone"):
+            assert markup not in text, f"{p.prog} --help shows Sphinx markup {markup!r}"
+        for action in p._actions:
+            assert action.help, f"{p.prog}: {action.option_strings or action.dest} has no help"

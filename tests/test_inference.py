@@ -1,4 +1,4 @@
-"""The fast inference path: padded windows, batch threads, memory reuse, backend choice."""
+"""The fast inference path: padded windows, batch and row threads, memory reuse, backend choice."""
 import copy
 import sys
 
@@ -9,6 +9,7 @@ import torch
 import tinyvit_backbone.inference as inference
 from tinyvit_backbone import TinyViT
 from tinyvit_backbone.inference import BatchParallel, fuse_for_inference, resolve_backend
+from tinyvit_backbone.onnx_runtime import onnxruntime_available
 
 from .test_backbone import _randomise_stats
 
@@ -56,9 +57,58 @@ def test_batch_threads_give_the_same_outputs_and_keep_grad_mode():
         logits = BatchParallel(classifier, workers=2)(x)
         torch.testing.assert_close(logits, classifier(x), rtol=0, atol=1e-6)
         assert not logits.requires_grad and not logits.is_inference()
-    single = BatchParallel(classifier, workers=2)
-    with torch.no_grad():  # one image: no threads
-        torch.testing.assert_close(single(x[:1]), classifier(x[:1]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("size", [(97, 130), (224, 160), (61, 13), (33, 200)])
+def test_small_batches_split_rows_over_threads_and_match_timm(size, monkeypatch):
+    """Batches smaller than the thread count split every layer's rows into bands: window rows
+    for attention, rows with the rows their convolutions read above and below (strides 1 and
+    2, odd heights, maps smaller than a window). Same outputs as the unfused model; the
+    caller's input is not written to."""
+    torch.manual_seed(0)
+    reference = _randomise_stats(timm.models.tiny_vit.TinyVit(num_classes=7, **SMALL)).eval()
+    backbone_ref = _randomise_stats(TinyViT(arch=SMALL, out_indices=(0, 1, 2, 3))).eval()
+    classifier = BatchParallel(fuse_for_inference(copy.deepcopy(reference)), workers=2)
+    backbone = BatchParallel(fuse_for_inference(copy.deepcopy(backbone_ref)), workers=3)
+    bands = []
+    real = inference._in_workers
+    monkeypatch.setattr(inference, "_in_workers",
+                        lambda fn, items, workers: (bands.append(len(items)), real(fn, items, workers))[1])
+    x = torch.randn(2, 3, *size)
+    before = x.clone()
+    with torch.inference_mode():
+        torch.testing.assert_close(classifier(x[:1]), reference(x[:1]), rtol=0, atol=1e-5)
+        assert bands and max(bands) >= 2  # the rows were split over the threads
+        bands.clear()
+        for a, b in zip(backbone(x), backbone_ref(x)):  # 2 images, 3 threads: bands per image
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        assert bands
+    assert torch.equal(x, before)
+
+
+def test_reordered_weights_are_kept_per_shape_and_not_copied():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+    fused = inference.FusedConv.of_conv(conv, gelu=True)
+    with torch.inference_mode():
+        for h in range(5, 5 + inference.PACKED_SHAPES + 2):
+            x = torch.randn(1, 8, h, 7).contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(fused(x), torch.nn.functional.gelu(conv(x)), rtol=0, atol=1e-5)
+        assert len(fused._packed) == inference.PACKED_SHAPES  # the oldest shapes went
+        copied = copy.deepcopy(fused)  # oneDNN's opaque tensors cannot be copied: redone
+        assert copied._packed == {}
+        torch.testing.assert_close(copied(x), fused(x), rtol=0, atol=0)
+
+
+def test_base2_softmax_matches_and_falls_back_outside_its_range():
+    torch.manual_seed(0)
+    v = torch.randn(6, 9, 4)
+    for scale in (1.0, 300.0, -300.0):  # in range; sums overflow; sums underflow
+        logits = torch.randn(6, 9, 9) * 3 + scale
+        expected = torch.softmax(logits.double(), -1) @ v.double()
+        out = torch.empty(6, 9, 4)
+        inference._softmax2_matmul(logits * inference.LOG2E, v, out)
+        torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5)
 
 
 def test_freed_memory_is_kept_through_glibc_mallopt(monkeypatch):
@@ -99,11 +149,10 @@ def test_graph_recording_uses_plain_ops():
 
 def test_backend_choice(monkeypatch):
     assert resolve_backend("torch", "cpu") == "torch"
-    assert resolve_backend("auto", "cpu", batch_size=64) == "torch"
-    assert resolve_backend("auto", "cpu", tinyvit=False, batch_size=1) == "torch"
-    assert resolve_backend("auto", "cuda", batch_size=1) == "torch"
-    if inference.onnxruntime_available():
-        assert resolve_backend("auto", "cpu", batch_size=1) == "onnxruntime"
+    assert resolve_backend("auto", "cpu") == "torch"  # ahead of ONNX Runtime at every batch
+    assert resolve_backend("auto", "cpu", tinyvit=False) == "torch"
+    assert resolve_backend("auto", "cuda") == "torch"
+    if onnxruntime_available():
         assert resolve_backend("onnxruntime", "cpu") == "onnxruntime"
     with pytest.raises(ValueError, match="--device cpu"):
         resolve_backend("onnxruntime", "cuda")
@@ -112,7 +161,7 @@ def test_backend_choice(monkeypatch):
     with pytest.raises(ValueError, match="must be one of auto, torch, onnxruntime"):
         resolve_backend("tensorrt", "cpu")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
-    assert resolve_backend("auto", "cpu", batch_size=1) == "torch"
+    assert resolve_backend("auto", "cpu") == "torch"
     with pytest.raises(ValueError, match=r"not installed.*pip install 'tinyvit-transfer\[onnx\]'"):
         resolve_backend("onnxruntime", "cpu")
 
@@ -125,3 +174,17 @@ def test_plain_op_fallback_matches(monkeypatch):
     x = torch.randn(2, 3, 45, 70)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-5)
+
+
+def test_autocast_runs_the_plain_ops_in_its_dtype():
+    """Under CPU autocast the fused model follows autocast (plain ops in bfloat16), as the
+    unfused one does, instead of the float32 oneDNN path."""
+    torch.manual_seed(0)
+    model = _randomise_stats(TinyViT(arch=SMALL)).eval()
+    fused = BatchParallel(fuse_for_inference(copy.deepcopy(model)), workers=2)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = model(x), fused(x)
+    for a, b in zip(got, expected):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a.float(), b.float(), rtol=0.05, atol=0.05)

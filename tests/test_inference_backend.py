@@ -28,7 +28,7 @@ def test_onnxruntime_backend_gives_the_torch_features(tmp_path):
     assert torch_meta["backend"] == "torch" and ort_meta["backend"] == "onnxruntime"
     assert ort_feats.shape == torch_feats.shape == (540, 64)
     np.testing.assert_allclose(ort_feats, torch_feats, rtol=0, atol=1e-4)
-    # auto: torch for batches, onnxruntime for single images
+    # auto: the threaded fast path at every batch size
     assert _features(tmp_path / "auto", "auto")[1]["backend"] == "torch"
 
 

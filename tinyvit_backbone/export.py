@@ -46,63 +46,18 @@ import torch.nn as nn
 
 from .cli import run_commands, subcommands
 from .files import atomic_write_bytes
+from .onnx_runtime import INSTALL_HINT, OnnxRuntimeModel, require_onnx, require_onnxruntime
 
 DEFAULT_OPSET = 17
 OPSETS = range(17, 21)  # LayerNormalization needs 17; the TorchScript exporter stops at 20
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_CHECK_SIZES = ((224, 224), (333, 517))
 INPUT = "images"
-INSTALL_HINT = "pip install 'tinyvit-transfer[onnx]' (or: pip install onnx onnxruntime)"
 
 
 class ExportError(ValueError):
-    """A model, setting or environment that cannot give a checked ONNX file; says why and the fix."""
-
-
-def require_onnxruntime():
-    """``onnxruntime``, or an :class:`ExportError` saying how to install it."""
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise ExportError(f"ONNX Runtime is not installed ({err}); {INSTALL_HINT}") from None
-    return onnxruntime
-
-
-def _require_onnx():
-    try:
-        import onnx
-    except ImportError as err:
-        raise ExportError(f"the onnx package is not installed ({err}); {INSTALL_HINT}") from None
-    return onnx
-
-
-# --------------------------------------------------------------------------- running ONNX
-class OnnxRuntimeModel:
-    """An ONNX model in an ONNX Runtime CPU session, called like the torch module it came from:
-    float32 tensors in, a tensor (one output) or a tuple of tensors out.
-
-    ``threads``: intra-op threads (default: torch's thread count, so both runtimes use the same
-    cores); graph optimisations at their highest level."""
-
-    backend = "onnxruntime"
-
-    def __init__(self, model: bytes | str, threads: int | None = None):
-        ort = require_onnxruntime()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # warnings about node placement are noise here
-        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def __call__(self, images: torch.Tensor):
-        if images.device.type != "cpu":
-            raise ExportError(f"ONNX Runtime here runs on the CPU; got a tensor on {images.device}")
-        array = images.detach().float().contiguous().numpy()
-        outs = [torch.from_numpy(o) for o in self.session.run(None, {self.input_name: array})]
-        return outs[0] if len(outs) == 1 else tuple(outs)
+    """A model or setting that cannot give a checked ONNX file; says why and the fix (a missing
+    onnx / onnxruntime is an :class:`~tinyvit_backbone.onnx_runtime.OnnxRuntimeError`)."""
 
 
 # --------------------------------------------------------------------------- exporting
@@ -160,7 +115,7 @@ def export_module(
     for h, w in check_sizes:
         if h < 1 or w < 1:
             raise ExportError(f"check size {h}x{w}: height and width must be positive")
-    onnx = _require_onnx()
+    onnx = require_onnx()
     require_onnxruntime()
     if any(p.device.type != "cpu" for p in reference.parameters()):
         raise ExportError("export a model on the CPU: move it with .cpu() first")
@@ -170,7 +125,7 @@ def export_module(
     output_strides = list(output_strides) if output_strides is not None else [None] * len(output_names)
     graph = copy.deepcopy(reference)
     if fuse:
-        from .inference import fuse_for_inference
+        from .inference import fuse_for_inference  # imports timm: not for --help
         graph = fuse_for_inference(graph, retain_memory=False)
     dynamic_axes = {INPUT: {0: "batch", 2: "height", 3: "width"}}
     for name, stride in zip(output_names, output_strides):
@@ -259,15 +214,22 @@ def build_classifier(arch: str | dict = "21m", weights: str | None = None,
 
 
 def export_tinyvit(kind: str, output: str, *, arch: str | dict = "21m", weights: str | None = None,
-                   window_sizes: Sequence[int] | None = None,
+                   random_init: bool = False, window_sizes: Sequence[int] | None = None,
                    out_indices: Sequence[int] = (0, 1, 2, 3), out_norms: bool = False,
                    num_classes: int = 1000, opset: int = DEFAULT_OPSET,
                    check_sizes: Sequence[tuple[int, int]] = DEFAULT_CHECK_SIZES,
                    tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """Export a TinyViT ``kind`` ('backbone' or 'classifier') to ``output``; returns the record
-    printed by the CLI (settings, opset, axes, parity, file digest)."""
+    printed by the CLI (settings, opset, axes, parity, file digest). ``weights`` is required
+    unless ``random_init`` (a random model exported by mistake would look like a real one)."""
     from .backbone import resolve_arch
     from .files import sha256_file
+    if weights and random_init:
+        raise ExportError("give either --weights or --random-init, not both")
+    if not weights and not random_init:
+        raise ExportError("no weights to export: give --weights with a registry name (e.g. "
+                          "tiny_vit_21m_22kto1k_distill), a URL, a hub tag or a checkpoint file; "
+                          "or --random-init to export random weights for a pipeline test")
     if kind == "backbone":
         model = build_backbone(arch, weights, window_sizes, out_indices, out_norms)
         names = [f"stage{i}" for i in model.out_indices]
@@ -285,7 +247,8 @@ def export_tinyvit(kind: str, output: str, *, arch: str | dict = "21m", weights:
     spec = resolve_arch(arch, window_sizes)
     return {"onnx": os.path.abspath(output), "bytes": len(exported.onnx),
             "sha256": sha256_file(output), "kind": kind, "arch": spec,
-            "weights": weights, "num_classes": num_classes if kind == "classifier" else None,
+            "weights": weights, "random_init": random_init,
+            "num_classes": num_classes if kind == "classifier" else None,
             "opset": exported.opset, "input": exported.input_name, "outputs": exported.output_names,
             "dynamic_axes": exported.dynamic_axes,
             "parity": {"runtime": "onnxruntime CPU", "reference": "PyTorch fp32 (unfused)",
@@ -308,28 +271,59 @@ def parse_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+CLI_DESCRIPTION = """\
+Export TinyViT to ONNX (the backbone's multi-scale features or the classifier),
+checked against PyTorch by ONNX Runtime before the file is kept."""
+CLI_EPILOG = f"""\
+examples:
+  tinyvit-export backbone --arch 21m --weights tiny_vit_21m_22kto1k_distill -o tinyvit21m_backbone.onnx
+  tinyvit-export classifier --arch 21m --weights W.pth --num-classes 1000 -o tinyvit21m.onnx
+  tinyvit-export backbone --arch 21m --window-sizes 16 16 32 16 --weights W.pth -o t512.onnx
+
+The graph: input "images", float32 (batch, 3, height, width), normalised as for PyTorch (the
+mean / std step is not in it), with dynamic batch, height and width: one file serves every
+batch and image size. Backbone outputs "stage0".."stage3" (those of --out-indices) at strides
+4, 8, 16, 32; classifier output "logits" (batch, classes).
+
+Weights go through the project's one loader, so every checkpoint layout it reads exports.
+Before anything is written, ONNX Runtime runs the graph on seeded random images (batch 2) at
+every --check-size and compares each output with the PyTorch model; the max |diff| is printed
+and above --tolerance the export is refused. The file is written atomically after the check.
+Needs onnx and onnxruntime: {INSTALL_HINT}."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinyvit-export", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="tinyvit-export", description=CLI_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+                                     epilog=CLI_EPILOG)
     sub = subcommands(parser)
+    sub.help = "what to export: backbone or classifier (each has its own --help)"
     for kind, text in (("backbone", "multi-scale features (stage0..stage3) for detection / "
                                     "segmentation"),
                        ("classifier", "the image classifier (logits)")):
-        p = sub.add_parser(kind, help=text)
+        p = sub.add_parser(kind, help=text, description=f"Export the TinyViT {text} to ONNX.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CLI_EPILOG)
         p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
         p.add_argument("--arch", default="21m",
                        help="5m | 11m | 21m | a JSON file with embed_dims / depths / num_heads / "
                             "window_sizes (default 21m)")
-        p.add_argument("--weights", default=None,
-                       help="checkpoint in any layout the project reads; omitted = random init")
+        weights = p.add_mutually_exclusive_group()
+        weights.add_argument("--weights", default=None,
+                             help="the weights to export: a registry name (e.g. "
+                                  "tiny_vit_21m_22kto1k_distill; tinyvit-weights list shows them), "
+                                  "a URL, a hub tag or a checkpoint file in any layout the project "
+                                  "reads. Required unless --random-init")
+        weights.add_argument("--random-init", action="store_true",
+                             help="export randomly initialised weights instead, to try the "
+                                  "pipeline (its outputs mean nothing)")
         p.add_argument("--window-sizes", type=int, nargs="+", default=None,
-                       help="per-stage attention windows (e.g. 16 16 32 16 for 512 px weights)")
+                       help="per-stage attention windows (default: the arch's; e.g. 16 16 32 16 "
+                            "for 512 px weights)")
         if kind == "backbone":
             p.add_argument("--out-indices", type=int, nargs="+", default=[0, 1, 2, 3],
                            help="stages to output (default 0 1 2 3)")
             p.add_argument("--out-norms", action="store_true",
-                           help="with the backbone's output LayerNorms (norm{i} in the weights)")
+                           help="add the backbone's output LayerNorms (norm{i} in the weights)")
         else:
             p.add_argument("--num-classes", type=int, default=1000,
                            help="classes of the weights' head (default 1000; 21841 for IN-21k)")
@@ -337,18 +331,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"ONNX opset, {OPSETS.start}..{OPSETS.stop - 1} (default {DEFAULT_OPSET})")
         p.add_argument("--check-size", type=parse_size, nargs="+", dest="check_sizes",
                        default=list(DEFAULT_CHECK_SIZES),
-                       help="sizes of the parity check, SIDE or HxW (default 224 333x517)")
+                       help="image sizes of the parity check, SIDE or HEIGHTxWIDTH (default 224 "
+                            "and 333x517, which pads every stage's windows)")
         p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                       help=f"largest accepted |ONNX Runtime - PyTorch| (default {DEFAULT_TOLERANCE:g})")
+                       help="largest accepted |ONNX Runtime - PyTorch| over the outputs "
+                            f"(default {DEFAULT_TOLERANCE:g})")
     return parser
 
 
 def _export_command(args: argparse.Namespace) -> dict:
     import sys
 
-    kwargs = dict(arch=args.arch, weights=args.weights, window_sizes=args.window_sizes,
-                  opset=args.opset, check_sizes=[tuple(s) for s in args.check_sizes],
-                  tolerance=args.tolerance)
+    kwargs = dict(arch=args.arch, weights=args.weights, random_init=args.random_init,
+                  window_sizes=args.window_sizes, opset=args.opset,
+                  check_sizes=[tuple(s) for s in args.check_sizes], tolerance=args.tolerance)
     if args.command == "backbone":
         kwargs.update(out_indices=args.out_indices, out_norms=args.out_norms)
     else:
