@@ -16,20 +16,9 @@ SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
 # "(default 3)", "default: the config's", "(default %(default)s)": what is left must say more
 DEFAULT_CLAUSE = re.compile(r"\(?\s*default\b[^)]*\)?", re.IGNORECASE)
 
-# Entries another line of work is changing; each must start passing when that work lands
-# (strict: the xfail then fails, and comes out).
-PENDING = {
-    "tinyvit-export": "pending: the export rework fixes its Sphinx epilog and cut description",
-    "python -m tinyvit_backbone.export": "pending: the export rework fixes its Sphinx epilog and "
-                                         "cut description",
-}
-
-
 def _cases():
     for entry in entry_points():
-        marks = [pytest.mark.xfail(strict=True, reason=PENDING[entry.name])] \
-            if entry.name in PENDING else []
-        yield pytest.param(entry, id=entry.name, marks=marks)
+        yield pytest.param(entry, id=entry.name)
 
 
 def _help_text(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
