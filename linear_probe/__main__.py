@@ -92,7 +92,10 @@ def _feature_args(p: argparse.ArgumentParser, *, batch_size: bool = True) -> Non
     g.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
                    help="CPU runtime of the extraction: torch (the fused fast path), onnxruntime "
                         "(the model exported to ONNX; needs the [onnx] extra) or auto (default)")
-    add_runtime_flags(p, workers=None)
+    add_runtime_flags(p, workers=None,
+                      amp_help="bfloat16 autocast of the backbone (float16 on GPUs without "
+                               "bfloat16), recorded as 'amp'; default off: float32, as MoCo v3's "
+                               "and cdfsl's originals")
 
 
 def _output_arg(p: argparse.ArgumentParser) -> None:
@@ -187,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the backbone too, as finetune.py does")
     g.add_argument("--epochs", type=int, default=c.epochs,
                    help=f"epochs over the support set per episode (default {c.epochs})")
+    g.add_argument("--episodes-together", type=int, default=None, metavar="E",
+                   help="fine-tuned episodes trained at once, each with its own backbone copy, "
+                        "head and optimiser (same results as one at a time); default: as many "
+                        "as the free memory (GPU) or the cores (CPU) allow; 1: one at a time")
     g = p.add_argument_group("lbfgs-fast")
     g.add_argument("--weight-decay", type=float, default=FEWSHOT_WEIGHT_DECAY,
                    help=f"the head's fixed lambda (default {FEWSHOT_WEIGHT_DECAY})")
@@ -350,22 +357,22 @@ def cmd_kshot(args) -> dict:
 def cmd_episodes(args) -> dict:
     spec, settings = _spec(args), _settings(args, args.batch_size)
     records = []
+    if args.protocol == CDFSL:  # all datasets in one run: one progress bar, one ETA
+        from .cdfsl import run_cdfsl
+        from .recipes import CdfslRecipe
+        records += run_cdfsl(spec, _datasets(args), args.k, n_way=args.n_way,
+                             n_query=args.n_query, n_episodes=args.episodes, seed=args.seed,
+                             freeze_backbone=args.freeze_backbone,
+                             recipe=CdfslRecipe(epochs=args.epochs), split=args.split,
+                             settings=settings, work_dir=args.work_dir, output=args.output,
+                             together=args.episodes_together, log=_log)
+        return _records_result("episodes", records, args.output)
+    from .evaluate import episodes
     for name in _datasets(args):
-        if args.protocol == CDFSL:
-            from .cdfsl import run_cdfsl
-            from .recipes import CdfslRecipe
-            records += run_cdfsl(spec, name, args.k, n_way=args.n_way, n_query=args.n_query,
-                                 n_episodes=args.episodes, seed=args.seed,
-                                 freeze_backbone=args.freeze_backbone,
-                                 recipe=CdfslRecipe(epochs=args.epochs), split=args.split,
-                                 settings=settings, work_dir=args.work_dir, output=args.output,
-                                 log=_log)
-        else:
-            from .evaluate import episodes
-            records += episodes(spec, name, args.k, n_way=args.n_way, n_query=args.n_query,
-                                n_episodes=args.episodes, seed=args.seed,
-                                weight_decay=args.weight_decay, feature_norm=args.feature_norm,
-                                split=args.split, settings=settings, output=args.output)
+        records += episodes(spec, name, args.k, n_way=args.n_way, n_query=args.n_query,
+                            n_episodes=args.episodes, seed=args.seed,
+                            weight_decay=args.weight_decay, feature_norm=args.feature_norm,
+                            split=args.split, settings=settings, output=args.output)
     return _records_result("episodes", records, args.output)
 
 
