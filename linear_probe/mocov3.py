@@ -10,16 +10,19 @@ behind the paper's Table 5 linear-probe numbers.
 * Every training image is augmented afresh in every epoch — ``RandomResizedCrop(224)`` and a
   horizontal flip — and goes through the frozen backbone at every step: no feature cache.
 * Evaluation after every epoch, as ``main_lincls.py`` does: resize 256, centre crop 224,
-  top-1 (and top-5, mean per-class). The record keeps the last epoch's metrics and the best
-  epoch's top-1 (``main_lincls.py``'s ``best_acc1``) with the whole history.
+  top-1 (and top-5, mean per-class). What the record reports (``metrics``, the number the
+  paper's table takes) is what ``main_lincls.py`` reports: ``best_acc1``, the best epoch's
+  top-1, with that epoch's other metrics; and, as it saves ``model_best``, that epoch's head
+  is kept beside the checkpoint (``model_best.pth``). The last epoch's metrics stand beside it
+  in the record (``last``), with the whole history.
 
 The backbone being frozen and deterministic in eval mode, the evaluation images give the same
 features every epoch; they are extracted once into the feature cache (same preprocessing, same
 precision) and every epoch's evaluation is a matrix product — the numbers ``validate()`` would
 compute, without a pass over the test set per epoch.
 
-Runtime. The backbone's forward runs under AMP where the device policy says so (bf16 on CUDA),
-the head in float32. Under ``torchrun`` (NCCL on GPUs, gloo on CPUs; the head is wrapped in
+Runtime. Everything runs in float32, as ``main_lincls.py`` does; ``--amp`` opts in to a
+bfloat16 frozen forward (the head stays float32), recorded as ``amp``. Under ``torchrun`` (NCCL on GPUs, gloo on CPUs; the head is wrapped in
 DDP) each global batch of the epoch's seeded permutation is split across the processes and
 each process's loss is scaled so that DDP's gradient average is the global batch's mean: the
 result does not depend on the number of processes, up to float summation order. (An epoch's
@@ -47,6 +50,7 @@ from torch.utils.data import DataLoader
 from .recipes import MOCOV3_RECIPE, MoCoV3Recipe
 
 CHECKPOINT_FORMAT = 1
+BEST_NAME = "model_best.pth"  # the best epoch's head, beside checkpoint.pth
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0,
@@ -284,11 +288,15 @@ def train_epochs(run: ProbeRun, extractor: nn.Module, head: nn.Module, optimizer
                 history.append({"epoch": epoch + 1, "lr": lr,
                                 "train_loss": loss_sum / max(1, len(plan)),
                                 "top1": metrics["top1"], "metrics": metrics})
-                best = max(history, key=lambda h: h["top1"])
+                best = best_epoch(history)
                 bar.set_postfix(epoch=epoch + 1, top1=f"{metrics['top1']:.2f}")
                 log(f"mocov3 {run.info.name}: epoch {epoch + 1}/{recipe.epochs} lr {lr:.4g} loss "
                     f"{history[-1]['train_loss']:.4f} top-1 {metrics['top1']:.2f} (best "
                     f"{best['top1']:.2f} at epoch {best['epoch']})")
+                if best is history[-1]:  # main_lincls.py's is_best: save model_best
+                    atomic_torch_save(run.checkpoint.with_name(BEST_NAME), {
+                        "format": CHECKPOINT_FORMAT, "key": run.key, "epoch": epoch + 1,
+                        "top1": metrics["top1"], "head": head.state_dict()})
                 atomic_torch_save(run.checkpoint, {
                     "format": CHECKPOINT_FORMAT, "key": run.key, "settings": run.parts,
                     "epoch": epoch + 1, "head": head.state_dict(),
@@ -299,28 +307,40 @@ def train_epochs(run: ProbeRun, extractor: nn.Module, head: nn.Module, optimizer
     return train_s, images, workers
 
 
+def best_epoch(history: list[dict]) -> dict:
+    """The epoch ``main_lincls.py`` reports: the highest top-1, the earliest on a tie (it
+    updates ``best_acc1`` only on a strictly higher value)."""
+    return max(history, key=lambda h: h["top1"])
+
+
 def probe_record(run: ProbeRun, head: nn.Module, history: list[dict], resumed_from: int,
                  timings: dict, **extra) -> dict:
-    """The result record: the last epoch's metrics, the best epoch's top-1, the history."""
+    """The result record: ``metrics`` of the best epoch (``best_acc1``, what the paper's table
+    takes), the last epoch's beside it (``last``), and the history."""
     from .results import MOCOV3, make_record
     from .settings import base_fields
 
-    final = history[-1]["metrics"] if history else evaluate_head(head, run.test_features,
-                                                                 run.test_labels)
-    best = max(history, key=lambda h: h["top1"]) if history else {"top1": final["top1"], "epoch": 0}
+    if history:
+        best, last = best_epoch(history), history[-1]
+    else:  # no epoch trained (0 epochs asked): the initial head
+        best = last = {"epoch": 0, "metrics": evaluate_head(head, run.test_features,
+                                                             run.test_labels)}
     return make_record(
         **base_fields("linear_probe", MOCOV3, run.spec, run.settings, "top1",
                       dataset=run.info.name, image_size=run.size,
                       feature_dim=int(run.test_features.shape[1]),
                       preprocessing=run.evaluation.transform, cache_hit=None),
         split_sizes={"train": len(run.train), "val": 0, "test": int(len(run.test_labels))},
-        seed=int(run.seed), weight_decay=run.recipe.weight_decay, metrics=final, timings=timings,
-        recipe=asdict(run.recipe), lr=run.recipe.lr, schedule="cosine per epoch",
+        seed=int(run.seed), weight_decay=run.recipe.weight_decay, metrics=best["metrics"],
+        timings=timings, recipe=asdict(run.recipe), lr=run.recipe.lr, schedule="cosine per epoch",
         train_preprocessing=run.train_prep.description, num_classes=run.num_classes,
-        best={"top1": best["top1"], "epoch": best["epoch"]},
+        reported="best_acc1 (main_lincls.py): the best epoch's top-1",
+        best={"top1": best["metrics"]["top1"], "epoch": best["epoch"]},
+        last={"top1": last["metrics"]["top1"], "epoch": last["epoch"], "metrics": last["metrics"]},
         history=[{k: h[k] for k in ("epoch", "lr", "train_loss", "top1")} for h in history],
         resumed_from_epoch=resumed_from, world_size=run.env.world_size, device=str(run.device),
-        amp=run.parts["amp"], checkpoint=str(run.checkpoint), **extra)
+        amp=run.parts["amp"], checkpoint=str(run.checkpoint),
+        model_best=str(run.checkpoint.with_name(BEST_NAME)) if history else None, **extra)
 
 
 def run_mocov3(model, dataset: str, *, recipe: MoCoV3Recipe = MOCOV3_RECIPE, seed: int = 0,

@@ -103,6 +103,10 @@ def test_mocov3_on_digits_learns_keeps_the_backbone_and_resumes(tmp_path, cache_
     assert losses[0] > losses[1] > losses[2]
     assert record["metrics"]["top1"] > 20.0  # 10 classes: chance is 10%
     assert record["best"]["top1"] == max(h["top1"] for h in record["history"])
+    # what main_lincls.py reports: best_acc1, the last epoch's top-1 beside it
+    assert record["metrics"]["top1"] == record["best"]["top1"]
+    assert record["last"]["top1"] == record["history"][-1]["top1"] and record["last"]["epoch"] == 3
+    assert record["amp"] == "fp32"
     assert record["preprocessing"]["style"] == "mocov3-eval" and record["preprocessing"]["resize"] == 37
     assert record["train_preprocessing"]["style"] == "mocov3-train"
     assert record["resumed_from_epoch"] == 0 and record["world_size"] == 1
@@ -132,6 +136,48 @@ def test_mocov3_on_digits_learns_keeps_the_backbone_and_resumes(tmp_path, cache_
     assert resumed["history"] == record["history"] and resumed["metrics"] == record["metrics"]
     full = torch.load(next((tmp_path / "full").glob("mocov3/digits/*/checkpoint.pth")), weights_only=True)
     assert torch.equal(torch.load(checkpoint, weights_only=True)["head"]["weight"], full["head"]["weight"])
+
+
+def test_the_record_reports_best_acc1_and_keeps_model_best(tmp_path, cache_dir, monkeypatch):
+    """main_lincls.py reports best_acc1 and saves model_best: with epochs scoring 50, 70, 60
+    the record's top-1 is 70 (epoch 2), the last epoch's 60 stands beside it, and
+    model_best.pth holds epoch 2's head."""
+    scores = iter([50.0, 70.0, 60.0])
+    heads = []
+    real = mocov3.evaluate_head
+
+    def scripted(head, features, labels):
+        metrics = real(head, features, labels)
+        heads.append({k: v.detach().clone() for k, v in head.state_dict().items()})
+        return {**metrics, "top1": next(scores)}
+
+    monkeypatch.setattr(mocov3, "evaluate_head", scripted)
+    record = _run(tmp_path, cache_dir)
+    assert record["metrics"]["top1"] == 70.0 and record["best"] == {"top1": 70.0, "epoch": 2}
+    assert record["last"]["top1"] == 60.0 and record["last"]["epoch"] == 3
+    assert record["last"]["metrics"]["top1"] == 60.0 and "best_acc1" in record["reported"]
+    best = torch.load(record["model_best"], weights_only=True)
+    assert best["epoch"] == 2 and best["top1"] == 70.0
+    assert all(torch.equal(best["head"][k], heads[1][k]) for k in heads[1])
+    assert not torch.equal(best["head"]["weight"], heads[2]["weight"])
+
+
+def test_amp_is_an_opt_in_and_recorded(tmp_path, cache_dir):
+    """float32 by default on every device, as both originals; --amp gives bfloat16, on CPU
+    too (where it is how its effect on the numbers is measured)."""
+    from linear_probe.device import autocast_dtype
+    assert autocast_dtype(torch.device("cuda")) is None
+    assert autocast_dtype(torch.device("cpu")) is None
+    assert autocast_dtype(torch.device("cpu"), amp=True) is torch.bfloat16
+    one = MoCoV3Recipe(epochs=1, batch_size=512, base_lr=1.0)
+    runs = {}
+    for amp in (False, True):
+        settings = FeatureSettings(cache_dir=cache_dir, progress=False, amp=amp)
+        runs[amp] = mocov3.run_mocov3(ModelSpec("tinyvit", arch=TINY), "digits", recipe=one,
+                                      settings=settings, work_dir=str(tmp_path / str(amp)),
+                                      log=lambda line: None)
+    assert runs[False]["amp"] == "fp32" and runs[True]["amp"] == "bfloat16"
+    assert runs[False]["history"][0]["train_loss"] != runs[True]["history"][0]["train_loss"]
 
 
 def test_loader_workers_do_not_change_the_result(tmp_path, cache_dir):
