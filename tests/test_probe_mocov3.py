@@ -180,6 +180,19 @@ def test_amp_is_an_opt_in_and_recorded(tmp_path, cache_dir):
     assert runs[False]["history"][0]["train_loss"] != runs[True]["history"][0]["train_loss"]
 
 
+def test_loader_workers_feed_a_gpu_whatever_the_set_size(monkeypatch):
+    """On a GPU the persistent workers take every core of this process but one, shared among
+    a torchrun node's processes, even for a set small enough to load in a thread on a CPU."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert mocov3.loader_workers(2040, cuda) == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert mocov3.loader_workers(2040, cuda) == 7
+    assert mocov3.loader_workers(2040, cpu) == 0  # a prefetch thread, as the extraction
+    assert mocov3.loader_workers(2040, cuda, requested=3) == 3
+
+
 def test_loader_workers_do_not_change_the_result(tmp_path, cache_dir):
     """Crops and flips are seeded per image and epoch, so persistent workers reproduce the
     in-process (prefetch thread) run exactly."""
