@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=r.weight_decay,
                    help=f"default {r.weight_decay}")
     g.add_argument("--seed", type=int, default=0, help="seed of the head, order and augmentation")
+    g.add_argument("--augment", choices=("pil", "device"), default="pil",
+                   help="pil: main_lincls's pipeline, decoded and augmented by the loader "
+                        "(default, the paper's); device: JPEG files decoded and the same crops "
+                        "and flips made on the compute device (nvJPEG on a GPU), which frees a "
+                        "GPU from waiting on the loader but changes pixels slightly")
 
     p = sub.add_parser("sweep", help="fast linear probe: CLIP's L-BFGS weight-decay sweep")
     _model_args(p)
@@ -327,7 +332,8 @@ def cmd_mocov3(args) -> dict | None:
     records = []
     for name in _datasets(args):
         record = run_mocov3(spec, name, recipe=recipe, seed=args.seed, settings=settings,
-                            work_dir=args.work_dir, output=args.output, log=_log)
+                            work_dir=args.work_dir, output=args.output, augment=args.augment,
+                            log=_log)
         if record is not None:
             records.append(record)
     if not records:  # not rank 0 of a torchrun job: rank 0 reports

@@ -193,6 +193,53 @@ def test_loader_workers_feed_a_gpu_whatever_the_set_size(monkeypatch):
     assert mocov3.loader_workers(2040, cuda, requested=3) == 3
 
 
+def test_device_augmentation_crops_and_flips_as_the_pil_pipeline(tmp_path, cache_dir):
+    """--augment device draws the PIL pipeline's boxes and flips and resizes with its
+    interpolation: on the CPU the digits get the very same pixels (torchvision's uint8
+    antialiased bilinear resize matches PIL's), JPEG files nearly (the decoders round apart),
+    and the probe's top-1 on the digits does not move."""
+    from PIL import Image
+
+    spec = ModelSpec("tinyvit", arch=TINY)
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(2):
+            (tmp_path / "jpegs" / split / f"c{c}").mkdir(parents=True)
+            for i in range(4):
+                small = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+                Image.fromarray(small).resize((160, 120), Image.BICUBIC).save(
+                    tmp_path / "jpegs" / split / f"c{c}" / f"{i}.jpg", quality=90)
+    cpu = torch.device("cpu")
+    for dataset, size, tolerance in (("digits", 32, 0.0), (f"imagefolder:{tmp_path / 'jpegs'}", 64, 0.05)):
+        prep = mocov3_train_preprocessing(spec.data_config(size))
+        raw = load_split(dataset_spec(dataset), "train", image_size=size)
+        pil = SeededAugmentation(raw, prep.transform, seed=0)
+        drawn = mocov3.DrawnAugmentation(raw, 0, (0.08, 1.0), (3 / 4, 4 / 3))
+        keys = [(e, i) for e in range(2) for i in range(8)]
+        images, labels = mocov3.augment_on_device([drawn[k] for k in keys], size, cpu)
+        expected = torch.stack([pil[k][0] for k in keys])
+        assert labels.tolist() == [pil[k][1] for k in keys]
+        diff = (images.float() - expected.float()).abs()
+        assert float(diff.mean()) <= tolerance
+        if tolerance:  # JPEGs: decoded from their bytes; the same flips (nearer than mirrored)
+            assert mocov3.image_file(raw, 0).endswith(".jpg") and drawn[(0, 0)][0].dim() == 1
+            mirrored = (images.flip(-1).float() - expected.float()).abs().mean((1, 2, 3))
+            assert bool((diff.mean((1, 2, 3)) < mirrored).all())
+    one = MoCoV3Recipe(epochs=2, batch_size=512, base_lr=1.0)
+    runs = {}
+    for augment in ("pil", "device"):
+        runs[augment] = mocov3.run_mocov3(spec, "digits", recipe=one, augment=augment,
+                                          settings=FeatureSettings(cache_dir=cache_dir, progress=False),
+                                          work_dir=str(tmp_path / "w"), log=lambda line: None)
+    assert runs["device"]["augment"] == "device" and runs["pil"]["augment"] == "pil"
+    assert runs["device"]["checkpoint"] != runs["pil"]["checkpoint"]  # another run key
+    assert runs["device"]["history"] == runs["pil"]["history"]
+    with pytest.raises(ValueError, match="--augment must be one of pil, device"):
+        mocov3.run_mocov3(spec, "digits", recipe=one, augment="gpu",
+                          settings=FeatureSettings(cache_dir=cache_dir, progress=False),
+                          work_dir=str(tmp_path / "w"), log=lambda line: None)
+
+
 def test_loader_workers_do_not_change_the_result(tmp_path, cache_dir):
     """Crops and flips are seeded per image and epoch, so persistent workers reproduce the
     in-process (prefetch thread) run exactly."""
