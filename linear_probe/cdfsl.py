@@ -443,21 +443,78 @@ def episode_bytes(extractor: nn.Module, support: torch.Tensor, query: torch.Tens
     return 3 * param_bytes + buffer_bytes + _saved_bytes(extractor, support[:batch_size]) + images
 
 
-# Episodes trained together on a CPU: per step each op then works on E x 4 images instead of 4,
-# which removes the per-op overhead that dominates small backbones and inputs; past a few
-# dozen the steps are compute-bound and a larger E only costs memory.
+# On a CPU, episodes together pay where a step's fixed cost (per-op dispatch, autograd, the
+# optimisers) dominates, i.e. small backbones and inputs; where a step is already compute-bound
+# (TinyViT-5M at 224 px measured 0.5-0.7x) the grouped convolutions and batched products that
+# per-episode weights need run slower than E dense passes. So the CPU's E is measured.
 CPU_EPISODES_PER_CORE = 8
 MAX_EPISODES_TOGETHER = 64
+CALIBRATION_GAIN = 0.9  # E > 1 is taken when it costs at most 90% per episode of one alone
+CALIBRATION_GIVE_UP = 1.25  # the doubling stops once E costs 25% more per episode than one
+
+
+def _seconds_per_episode_step(extractor: nn.Module, initial: dict, images: torch.Tensor,
+                              count: int, repeats: int = 2) -> float:
+    """Seconds per episode of one training step on ``images`` (m, 3, H, W): with ``count`` 1
+    the extractor itself with its own SGD and a head (as :func:`finetune_episode`), else
+    ``count`` episodes together (:class:`EpisodeStack`). The best of ``repeats`` after one
+    warm-up step; the extractor is reset to ``initial`` after."""
+    labels = torch.arange(len(images), device=images.device) % 2
+    recipe = CdfslRecipe()
+    params, grads = list(extractor.parameters()), [p.requires_grad for p in extractor.parameters()]
+    try:
+        extractor.load_state_dict(initial)
+        drop_attention_bias_caches(extractor)
+        dim = feature_dim(extractor, images)
+        if count == 1:
+            for p in params:
+                p.requires_grad_(True)
+            head = nn.Linear(dim, 2).to(images.device)
+            optimizers = [head_optimizer(head.parameters(), recipe),
+                          torch.optim.SGD(params, lr=recipe.backbone_lr)]
+
+            def step():
+                loss = F.cross_entropy(head(extractor(images)), labels)
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for optimizer in optimizers:
+                    optimizer.step()
+        else:
+            stack = EpisodeStack(extractor, initial, count, 2, dim, seed=0,
+                                 episodes=range(count), recipe=recipe, device=images.device)
+            batch = images.unsqueeze(0).expand(count, *images.shape).contiguous()
+            batch_labels = labels.unsqueeze(0).expand(count, -1)
+
+            def step():
+                stack.step(batch, batch_labels)
+        extractor.train()
+        step()
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            best = min(best, time.perf_counter() - start)
+        return best / count
+    finally:
+        for p, g in zip(params, grads):
+            p.requires_grad_(g)
+        extractor.load_state_dict(initial)
+        drop_attention_bias_caches(extractor)
 
 
 def episodes_together(extractor: nn.Module, support: torch.Tensor, query: torch.Tensor,
                       batch_size: int, remaining: int, requested: int | None = None,
-                      log: Callable[[str], None] | None = None) -> int:
+                      log: Callable[[str], None] | None = None, memo: dict | None = None) -> int:
     """How many episodes to train together: ``requested`` when given (at most ``remaining``);
     otherwise as many as 60% of the free memory holds (:func:`episode_bytes`; on CUDA the
     device's free memory, on CPU the system's available memory), at most
-    :data:`MAX_EPISODES_TOGETHER`, and on CPU at most ``CPU_EPISODES_PER_CORE`` per core.
-    One when the backbone draws random numbers in train mode (dropout, stochastic depth)."""
+    :data:`MAX_EPISODES_TOGETHER`. On a CPU also at most ``CPU_EPISODES_PER_CORE`` per core,
+    and measured: a step is timed one episode at a time and with 2, 4, 8, ... episodes
+    together (until E costs 25% more per episode than one alone), and the fastest E per
+    episode is taken if it saves at least 10% (so a compute-bound backbone stays at one).
+    One when the backbone draws random numbers in train mode (dropout, stochastic depth).
+    ``memo`` keeps a CPU's measured E per image size for the next call of a run."""
     from .device import available_memory
 
     if requested is not None:
@@ -475,11 +532,35 @@ def episodes_together(extractor: nn.Module, support: torch.Tensor, query: torch.
     device = support.device
     per_episode = episode_bytes(extractor, support, query, batch_size)
     by_memory = int(0.6 * available_memory(device) // max(1, per_episode))
-    cap = MAX_EPISODES_TOGETHER
-    if device.type == "cpu":
-        import os
-        cap = min(cap, CPU_EPISODES_PER_CORE * (os.cpu_count() or 1))
-    return max(1, min(by_memory, cap, remaining))
+    cap = max(1, min(by_memory, MAX_EPISODES_TOGETHER, remaining))
+    if device.type != "cpu" or cap == 1:
+        return cap
+    import os
+    cap = min(cap, CPU_EPISODES_PER_CORE * (os.cpu_count() or 1))
+    key = tuple(support.shape[1:])
+    if memo is not None and key in memo:
+        return max(1, min(memo[key], cap))
+    initial = {n: t.detach().clone() for n, t in extractor.state_dict().items()}
+    images = support[:batch_size]
+    alone = _seconds_per_episode_step(extractor, initial, images, 1)
+    best_count, best = 1, alone
+    count = 2
+    while count <= cap:
+        seconds = _seconds_per_episode_step(extractor, initial, images, count)
+        if seconds < best:
+            best_count, best = count, seconds
+        if seconds > CALIBRATION_GIVE_UP * alone:  # compute-bound: a larger E only loses more
+            break
+        count = count * 2 if count * 2 <= cap or count == cap else cap
+    if best > CALIBRATION_GAIN * alone:
+        best_count, best = 1, alone
+    if memo is not None and cap == min(by_memory, MAX_EPISODES_TOGETHER,
+                                       CPU_EPISODES_PER_CORE * (os.cpu_count() or 1)):
+        memo[key] = best_count  # measured without the run's remaining episodes as a limit
+    if log is not None:
+        log(f"cdfsl fine-tuned: {best_count} episode(s) together on this CPU (a step per "
+            f"episode measured: {best * 1e3:.3g} ms, {alone * 1e3:.3g} ms one at a time)")
+    return best_count
 
 
 class EpisodeLog:
@@ -519,7 +600,7 @@ def finetuned_accuracies(extractor: nn.Module, images: Callable[[np.ndarray], to
                          progress: bool | None = False, together: int | None = 1,
                          tracker: EpisodeProgress | None = None,
                          message: Callable[[str], None] | None = None,
-                         chosen: dict | None = None) -> np.ndarray:
+                         chosen: dict | None = None, memo: dict | None = None) -> np.ndarray:
     """Query accuracy (%) of every episode, fine-tuning from ``extractor``'s current weights.
 
     ``images(indices)`` returns the normalised images of those dataset rows on the
@@ -529,7 +610,8 @@ def finetuned_accuracies(extractor: nn.Module, images: Callable[[np.ndarray], to
     already in ``log`` are skipped (and their accuracy reused); the log is written after each
     group. ``on_episode(episode, accuracy, seconds)`` is called for each episode that ran,
     ``seconds`` being its share of its group's time. ``tracker`` (else a bar of its own when
-    ``progress``) counts the steps done; ``chosen['episodes_together']`` receives the E used."""
+    ``progress``) counts the steps done; ``chosen['episodes_together']`` receives the E used;
+    ``memo`` carries a CPU's measured E from one call to the next (:func:`episodes_together`)."""
     from .extract import prefetched
 
     initial = {name: t.detach().clone() for name, t in extractor.state_dict().items()}
@@ -556,7 +638,7 @@ def finetuned_accuracies(extractor: nn.Module, images: Callable[[np.ndarray], to
             together = 1  # frozen episodes train together on cached features (frozen_accuracies)
         elif together is None:
             together = episodes_together(extractor, first_support, images(episodes.query[todo[0]]),
-                                         recipe.batch_size, len(todo), log=message)
+                                         recipe.batch_size, len(todo), log=message, memo=memo)
         else:
             together = episodes_together(extractor, first_support, first_support,
                                          recipe.batch_size, len(todo), requested=together)
@@ -599,6 +681,10 @@ def finetuned_accuracies(extractor: nn.Module, images: Callable[[np.ndarray], to
     return accs
 
 
+def _rate(per_hour: float) -> str:
+    return f"{per_hour:,.0f}" if per_hour >= 10 else f"{per_hour:.3g}"
+
+
 class EpisodeProgress:
     """One progress bar over the optimiser steps of a whole run (every dataset and K it was
     asked for), so its ETA is the run's; the postfix gives episodes per hour at this run's
@@ -622,7 +708,7 @@ class EpisodeProgress:
         self.ran += episodes
         self.done += episodes
         hours = (time.perf_counter() - self.start) / 3600.0
-        postfix = {"episodes/h": f"{self.ran / hours:.4g}" if hours > 0 else "-"}
+        postfix = {"episodes/h": _rate(self.ran / hours) if hours > 0 else "-"}
         if self.episodes_total:
             postfix["episodes"] = f"{self.done}/{self.episodes_total}"
         self.bar.set_postfix(postfix, refresh=False)
@@ -834,6 +920,7 @@ def _run_finetuned(spec, infos, splits, ks, n_way, n_query, n_episodes, seed, re
                               desc="cdfsl fine-tuned", episodes_total=n_episodes * len(ks) * len(plan),
                               episodes_done=sum(done.values()))
     cost: dict = {}
+    calibrated: dict = {}
     records = []
     try:
         for setting in plan:
@@ -854,7 +941,7 @@ def _run_finetuned(spec, infos, splits, ks, n_way, n_query, n_episodes, seed, re
                                 extrapolated=True)
                     log(f"cdfsl fine-tuned: first group of {chosen['episodes_together']} "
                         f"episode(s) together at K={k}: {seconds:.3g} s per episode "
-                        f"({3600.0 / seconds:.4g} episodes/h); this run's "
+                        f"({_rate(3600.0 / seconds)} episodes/h); this run's "
                         f"{sum(n_episodes - n for n in done.values())} episodes take about "
                         f"{format_seconds(run_s)} on {device}, {format_seconds(left_s)} of it "
                         "left (extrapolated per step)")
@@ -863,7 +950,8 @@ def _run_finetuned(spec, infos, splits, ks, n_way, n_query, n_episodes, seed, re
                 accs = finetuned_accuracies(extractor, setting.images, setting.plans[k], seed=seed,
                                             recipe=recipe, amp_dtype=amp, log=setting.logs[k],
                                             on_episode=on_episode, together=together,
-                                            tracker=tracker, message=log, chosen=chosen)
+                                            tracker=tracker, message=log, chosen=chosen,
+                                            memo=calibrated)
                 fit_s = time.perf_counter() - start
                 sample = setting.images(setting.plans[k].support[0][:1])
                 inputs = {"dataset": setting.info.name, "image_size": setting.size,

@@ -258,10 +258,30 @@ def test_episodes_together_follows_the_flag_memory_and_cores(digits_images, monk
     assert per_episode > 3 * params + support.numel() * 4  # activations counted too
     monkeypatch.setattr(device, "available_memory", lambda d: int(10.5 * per_episode / 0.6))
     monkeypatch.setattr("os.cpu_count", lambda: 64)
-    assert cdfsl.episodes_together(extractor, support, query, 4, remaining=600) == 10
+    # a CPU measures its E: doubling up to the cap, unless E costs 25% more than one alone
+    timed = []
+
+    def overhead_bound(extractor, initial, images, count, repeats=2):
+        timed.append(count)
+        return 1.0 / count  # all of a step is overhead, shared by the episodes
+
+    monkeypatch.setattr(cdfsl, "_seconds_per_episode_step", overhead_bound)
+    assert cdfsl.episodes_together(extractor, support, query, 4, remaining=600) == 10  # memory
+    assert timed == [1, 2, 4, 8, 10]
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     assert cdfsl.episodes_together(extractor, support, query, 4, remaining=600) == \
         cdfsl.CPU_EPISODES_PER_CORE
+    monkeypatch.setattr(cdfsl, "_seconds_per_episode_step",
+                        lambda extractor, initial, images, count, repeats=2: 1.0 + 0.5 * (count > 1))
+    lines = []
+    assert cdfsl.episodes_together(extractor, support, query, 4, remaining=600,
+                                   log=lines.append) == 1  # compute-bound: one at a time
+    assert "1 episode(s) together on this CPU" in lines[0]
+    monkeypatch.undo()
+    # measured for real, the extractor is left as it was
+    before = {k: v.clone() for k, v in extractor.state_dict().items()}
+    assert cdfsl.episodes_together(extractor, support, query, 4, remaining=4) in (1, 2, 4)
+    assert all(torch.equal(before[k], v) for k, v in extractor.state_dict().items())
     # a backbone that draws random numbers in train mode trains one episode at a time
     dropout = nn.Sequential(extractor, nn.Dropout(0.1))
     lines = []
