@@ -266,8 +266,11 @@ def test_episodes_together_follows_the_flag_memory_and_cores(digits_images, monk
         return 1.0 / count  # all of a step is overhead, shared by the episodes
 
     monkeypatch.setattr(cdfsl, "_seconds_per_episode_step", overhead_bound)
-    assert cdfsl.episodes_together(extractor, support, query, 4, remaining=600) == 10  # memory
-    assert timed == [1, 2, 4, 8, 10]
+    memo = {}
+    assert cdfsl.episodes_together(extractor, support, query, 4, remaining=600, memo=memo) == 10
+    assert timed == [1, 2, 4, 8, 10]  # up to what the memory holds
+    assert cdfsl.episodes_together(extractor, support, query, 4, remaining=3, memo=memo) == 3
+    assert timed == [1, 2, 4, 8, 10]  # measured once per run and image size
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     assert cdfsl.episodes_together(extractor, support, query, 4, remaining=600) == \
         cdfsl.CPU_EPISODES_PER_CORE
