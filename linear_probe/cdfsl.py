@@ -450,11 +450,10 @@ def episode_bytes(extractor: nn.Module, support: torch.Tensor, query: torch.Tens
 CPU_EPISODES_PER_CORE = 8
 MAX_EPISODES_TOGETHER = 64
 CALIBRATION_GAIN = 0.9  # E > 1 is taken when it costs at most 90% per episode of one alone
-CALIBRATION_GIVE_UP = 1.25  # the doubling stops once E costs 25% more per episode than one
 
 
 def _seconds_per_episode_step(extractor: nn.Module, initial: dict, images: torch.Tensor,
-                              count: int, repeats: int = 2) -> float:
+                              count: int, repeats: int = 3) -> float:
     """Seconds per episode of one training step on ``images`` (m, 3, H, W): with ``count`` 1
     the extractor itself with its own SGD and a head (as :func:`finetune_episode`), else
     ``count`` episodes together (:class:`EpisodeStack`). The best of ``repeats`` after one
@@ -510,9 +509,10 @@ def episodes_together(extractor: nn.Module, support: torch.Tensor, query: torch.
     otherwise as many as 60% of the free memory holds (:func:`episode_bytes`; on CUDA the
     device's free memory, on CPU the system's available memory), at most
     :data:`MAX_EPISODES_TOGETHER`. On a CPU also at most ``CPU_EPISODES_PER_CORE`` per core,
-    and measured: a step is timed one episode at a time and with 2, 4, 8, ... episodes
-    together (until E costs 25% more per episode than one alone), and the fastest E per
-    episode is taken if it saves at least 10% (so a compute-bound backbone stays at one).
+    and measured: a step is timed one episode at a time, then on 4x the images with one set
+    of weights (where that saves less than 10% per image, the step is compute-bound and E is
+    1), then with 4, 8, 16, ... episodes together until E stops getting faster; the fastest E
+    is taken if it saves at least 10% per episode.
     One when the backbone draws random numbers in train mode (dropout, stochastic depth).
     ``memo`` keeps a CPU's measured E per image size for the next call of a run."""
     from .device import available_memory
@@ -543,15 +543,19 @@ def episodes_together(extractor: nn.Module, support: torch.Tensor, query: torch.
     initial = {n: t.detach().clone() for n, t in extractor.state_dict().items()}
     images = support[:batch_size]
     alone = _seconds_per_episode_step(extractor, initial, images, 1)
+    # one set of weights on 4x the images: the most any batching can save; a step that is
+    # already compute-bound (TinyViT-5M at 224 px) gains nothing, and E stays 1 untried
+    shared = _seconds_per_episode_step(extractor, initial, images.repeat(4, 1, 1, 1), 1) / 4
     best_count, best = 1, alone
-    count = 2
-    while count <= cap:
-        seconds = _seconds_per_episode_step(extractor, initial, images, count)
-        if seconds < best:
-            best_count, best = count, seconds
-        if seconds > CALIBRATION_GIVE_UP * alone:  # compute-bound: a larger E only loses more
-            break
-        count = count * 2 if count * 2 <= cap or count == cap else cap
+    if shared <= CALIBRATION_GAIN * alone:
+        count, previous = min(4, cap), math.inf
+        while count > 1:
+            seconds = _seconds_per_episode_step(extractor, initial, images, count)
+            if seconds < best:
+                best_count, best = count, seconds
+            if seconds > previous or count == cap:  # past the best E
+                break
+            previous, count = seconds, min(2 * count, cap)
     if best > CALIBRATION_GAIN * alone:
         best_count, best = 1, alone
     if memo is not None and cap == min(by_memory, MAX_EPISODES_TOGETHER,

@@ -258,28 +258,40 @@ def test_episodes_together_follows_the_flag_memory_and_cores(digits_images, monk
     assert per_episode > 3 * params + support.numel() * 4  # activations counted too
     monkeypatch.setattr(device, "available_memory", lambda d: int(10.5 * per_episode / 0.6))
     monkeypatch.setattr("os.cpu_count", lambda: 64)
-    # a CPU measures its E: doubling up to the cap, unless E costs 25% more than one alone
+    # a CPU measures its E: alone, 4x the images with shared weights, then 4, 8, ... together
     timed = []
 
-    def overhead_bound(extractor, initial, images, count, repeats=2):
-        timed.append(count)
-        return 1.0 / count  # all of a step is overhead, shared by the episodes
+    def overhead_bound(extractor, initial, images, count, repeats=3):
+        timed.append(count if count > 1 else len(images))
+        return 1.0 / count  # all of a step is overhead, shared by the episodes (or images)
 
     monkeypatch.setattr(cdfsl, "_seconds_per_episode_step", overhead_bound)
     memo = {}
     assert cdfsl.episodes_together(extractor, support, query, 4, remaining=600, memo=memo) == 10
-    assert timed == [1, 2, 4, 8, 10]  # up to what the memory holds
+    assert timed == [4, 16, 4, 8, 10]  # up to what the memory holds
     assert cdfsl.episodes_together(extractor, support, query, 4, remaining=3, memo=memo) == 3
-    assert timed == [1, 2, 4, 8, 10]  # measured once per run and image size
+    assert timed == [4, 16, 4, 8, 10]  # measured once per run and image size
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     assert cdfsl.episodes_together(extractor, support, query, 4, remaining=600) == \
         cdfsl.CPU_EPISODES_PER_CORE
-    monkeypatch.setattr(cdfsl, "_seconds_per_episode_step",
-                        lambda extractor, initial, images, count, repeats=2: 1.0 + 0.5 * (count > 1))
+    timed.clear()
+
+    def compute_bound(extractor, initial, images, count, repeats=3):
+        timed.append(count if count > 1 else len(images))
+        return 1.0 * len(images) / 4 * count  # every image costs the same, however batched
+
+    monkeypatch.setattr(cdfsl, "_seconds_per_episode_step", compute_bound)
     lines = []
     assert cdfsl.episodes_together(extractor, support, query, 4, remaining=600,
                                    log=lines.append) == 1  # compute-bound: one at a time
-    assert "1 episode(s) together on this CPU" in lines[0]
+    assert timed == [4, 16] and "1 episode(s) together on this CPU" in lines[0]
+
+    def past_the_best(extractor, initial, images, count, repeats=3):
+        return {1: 1.0, 4: 0.5, 8: 0.4}.get(count, 0.45) if len(images) == 4 else 0.3
+
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr(cdfsl, "_seconds_per_episode_step", past_the_best)
+    assert cdfsl.episodes_together(extractor, support, query, 4, remaining=600) == 8
     monkeypatch.undo()
     # measured for real, the extractor is left as it was
     before = {k: v.clone() for k, v in extractor.state_dict().items()}
