@@ -94,7 +94,10 @@ def _feature_args(p: argparse.ArgumentParser, *, batch_size: bool = True) -> Non
     g.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
                    help="CPU runtime of the extraction: torch (the fused fast path), onnxruntime "
                         "(the model exported to ONNX; needs the [onnx] extra) or auto (default)")
-    add_runtime_flags(p, workers=None)
+    add_runtime_flags(p, workers=None,
+                      amp_help="bfloat16 autocast of the backbone (float16 on GPUs without "
+                               "bfloat16), recorded as 'amp'; default off: float32, as MoCo v3's "
+                               "and cdfsl's originals")
 
 
 def _output_arg(p: argparse.ArgumentParser) -> None:
@@ -147,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=r.weight_decay,
                    help=f"SGD weight decay of the head (default {r.weight_decay})")
     g.add_argument("--seed", type=int, default=0, help="seed of the head, order and augmentation")
+    g.add_argument("--augment", choices=("pil", "device"), default="pil",
+                   help="pil: main_lincls's pipeline, decoded and augmented by the loader "
+                        "(default, the paper's); device: JPEG files decoded and the same crops "
+                        "and flips made on the compute device (nvJPEG on a GPU), which frees a "
+                        "GPU from waiting on the loader but changes pixels slightly")
 
     p = sub.add_parser("sweep", help="fast linear probe: CLIP's L-BFGS weight-decay sweep")
     _model_args(p)
@@ -204,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the backbone too, as finetune.py does")
     g.add_argument("--epochs", type=int, default=c.epochs,
                    help=f"epochs over the support set per episode (default {c.epochs})")
+    g.add_argument("--episodes-together", type=int, default=None, metavar="E",
+                   help="fine-tuned episodes trained at once, each with its own backbone copy, "
+                        "head and optimiser (same results as one at a time); default: as many "
+                        "as the free memory (GPU) or the cores (CPU) allow; 1: one at a time")
     g = p.add_argument_group("lbfgs-fast")
     g.add_argument("--weight-decay", type=float, default=FEWSHOT_WEIGHT_DECAY,
                    help=f"the head's fixed lambda (default {FEWSHOT_WEIGHT_DECAY})")
@@ -338,7 +350,8 @@ def cmd_mocov3(args) -> dict | None:
     records = []
     for name in _datasets(args):
         record = run_mocov3(spec, name, recipe=recipe, seed=args.seed, settings=settings,
-                            work_dir=args.work_dir, output=args.output, log=_log)
+                            work_dir=args.work_dir, output=args.output, augment=args.augment,
+                            log=_log)
         if record is not None:
             records.append(record)
     if not records:  # not rank 0 of a torchrun job: rank 0 reports
@@ -368,22 +381,22 @@ def cmd_kshot(args) -> dict:
 def cmd_episodes(args) -> dict:
     spec, settings = _spec(args), _settings(args, args.batch_size)
     records = []
+    if args.protocol == CDFSL:  # all datasets in one run: one progress bar, one ETA
+        from .cdfsl import run_cdfsl
+        from .recipes import CdfslRecipe
+        records += run_cdfsl(spec, _datasets(args), args.k, n_way=args.n_way,
+                             n_query=args.n_query, n_episodes=args.episodes, seed=args.seed,
+                             freeze_backbone=args.freeze_backbone,
+                             recipe=CdfslRecipe(epochs=args.epochs), split=args.split,
+                             settings=settings, work_dir=args.work_dir, output=args.output,
+                             together=args.episodes_together, log=_log)
+        return _records_result("episodes", records, args.output)
+    from .evaluate import episodes
     for name in _datasets(args):
-        if args.protocol == CDFSL:
-            from .cdfsl import run_cdfsl
-            from .recipes import CdfslRecipe
-            records += run_cdfsl(spec, name, args.k, n_way=args.n_way, n_query=args.n_query,
-                                 n_episodes=args.episodes, seed=args.seed,
-                                 freeze_backbone=args.freeze_backbone,
-                                 recipe=CdfslRecipe(epochs=args.epochs), split=args.split,
-                                 settings=settings, work_dir=args.work_dir, output=args.output,
-                                 log=_log)
-        else:
-            from .evaluate import episodes
-            records += episodes(spec, name, args.k, n_way=args.n_way, n_query=args.n_query,
-                                n_episodes=args.episodes, seed=args.seed,
-                                weight_decay=args.weight_decay, feature_norm=args.feature_norm,
-                                split=args.split, settings=settings, output=args.output)
+        records += episodes(spec, name, args.k, n_way=args.n_way, n_query=args.n_query,
+                            n_episodes=args.episodes, seed=args.seed,
+                            weight_decay=args.weight_decay, feature_norm=args.feature_norm,
+                            split=args.split, settings=settings, output=args.output)
     return _records_result("episodes", records, args.output)
 
 

@@ -1,7 +1,7 @@
 """Run a frozen backbone over a dataset split and stream its features into the cache.
 
 Images are decoded and preprocessed by DataLoader workers while the model runs (pinned memory
-and non-blocking copies on CUDA, bfloat16 autocast there too); features go straight into the
+and non-blocking copies on CUDA; bfloat16 autocast only with ``--amp``); features go straight into the
 cache's memory map, so memory stays flat at ImageNet scale and an interrupted run resumes from
 its last checkpoint (:mod:`linear_probe.cache`).
 """

@@ -28,9 +28,10 @@ def run_dir(work_dir: str | os.PathLike | None, protocol: str, dataset: str,
 class FeatureSettings:
     """How features are produced and where they are cached (shared by all evaluations).
 
-    ``amp`` None follows the device policy (on for CUDA); ``workers`` None picks per split
-    size; ``batch_size`` None: 256 on a GPU, 64 on a CPU; ``backend`` the CPU runtime of the
-    extraction (:func:`tinyvit_backbone.inference.resolve_backend`)."""
+    ``amp`` True: bfloat16 autocast of the backbone (float16 on GPUs without it); None or
+    False: float32, as the original protocols (:mod:`linear_probe.device`); ``workers`` None
+    picks per split size; ``batch_size`` None: 256 on a GPU, 64 on a CPU; ``backend`` the CPU
+    runtime of the extraction (:func:`tinyvit_backbone.inference.resolve_backend`)."""
 
     data_root: str | None = None
     cache_dir: str | None = None

@@ -103,6 +103,10 @@ def test_mocov3_on_digits_learns_keeps_the_backbone_and_resumes(tmp_path, cache_
     assert losses[0] > losses[1] > losses[2]
     assert record["metrics"]["top1"] > 20.0  # 10 classes: chance is 10%
     assert record["best"]["top1"] == max(h["top1"] for h in record["history"])
+    # what main_lincls.py reports: best_acc1, the last epoch's top-1 beside it
+    assert record["metrics"]["top1"] == record["best"]["top1"]
+    assert record["last"]["top1"] == record["history"][-1]["top1"] and record["last"]["epoch"] == 3
+    assert record["amp"] == "fp32"
     assert record["preprocessing"]["style"] == "mocov3-eval" and record["preprocessing"]["resize"] == 37
     assert record["train_preprocessing"]["style"] == "mocov3-train"
     assert record["resumed_from_epoch"] == 0 and record["world_size"] == 1
@@ -132,6 +136,108 @@ def test_mocov3_on_digits_learns_keeps_the_backbone_and_resumes(tmp_path, cache_
     assert resumed["history"] == record["history"] and resumed["metrics"] == record["metrics"]
     full = torch.load(next((tmp_path / "full").glob("mocov3/digits/*/checkpoint.pth")), weights_only=True)
     assert torch.equal(torch.load(checkpoint, weights_only=True)["head"]["weight"], full["head"]["weight"])
+
+
+def test_the_record_reports_best_acc1_and_keeps_model_best(tmp_path, cache_dir, monkeypatch):
+    """main_lincls.py reports best_acc1 and saves model_best: with epochs scoring 50, 70, 60
+    the record's top-1 is 70 (epoch 2), the last epoch's 60 stands beside it, and
+    model_best.pth holds epoch 2's head."""
+    scores = iter([50.0, 70.0, 60.0])
+    heads = []
+    real = mocov3.evaluate_head
+
+    def scripted(head, features, labels):
+        metrics = real(head, features, labels)
+        heads.append({k: v.detach().clone() for k, v in head.state_dict().items()})
+        return {**metrics, "top1": next(scores)}
+
+    monkeypatch.setattr(mocov3, "evaluate_head", scripted)
+    record = _run(tmp_path, cache_dir)
+    assert record["metrics"]["top1"] == 70.0 and record["best"] == {"top1": 70.0, "epoch": 2}
+    assert record["last"]["top1"] == 60.0 and record["last"]["epoch"] == 3
+    assert record["last"]["metrics"]["top1"] == 60.0 and "best_acc1" in record["reported"]
+    best = torch.load(record["model_best"], weights_only=True)
+    assert best["epoch"] == 2 and best["top1"] == 70.0
+    assert all(torch.equal(best["head"][k], heads[1][k]) for k in heads[1])
+    assert not torch.equal(best["head"]["weight"], heads[2]["weight"])
+
+
+def test_amp_is_an_opt_in_and_recorded(tmp_path, cache_dir):
+    """float32 by default on every device, as both originals; --amp gives bfloat16, on CPU
+    too (where it is how its effect on the numbers is measured)."""
+    from linear_probe.device import autocast_dtype
+    assert autocast_dtype(torch.device("cuda")) is None
+    assert autocast_dtype(torch.device("cpu")) is None
+    assert autocast_dtype(torch.device("cpu"), amp=True) is torch.bfloat16
+    one = MoCoV3Recipe(epochs=1, batch_size=512, base_lr=1.0)
+    runs = {}
+    for amp in (False, True):
+        settings = FeatureSettings(cache_dir=cache_dir, progress=False, amp=amp)
+        runs[amp] = mocov3.run_mocov3(ModelSpec("tinyvit", arch=TINY), "digits", recipe=one,
+                                      settings=settings, work_dir=str(tmp_path / str(amp)),
+                                      log=lambda line: None)
+    assert runs[False]["amp"] == "fp32" and runs[True]["amp"] == "bfloat16"
+    assert runs[False]["history"][0]["train_loss"] != runs[True]["history"][0]["train_loss"]
+
+
+def test_loader_workers_feed_a_gpu_whatever_the_set_size(monkeypatch):
+    """On a GPU the persistent workers take every core of this process but one, shared among
+    a torchrun node's processes, even for a set small enough to load in a thread on a CPU."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert mocov3.loader_workers(2040, cuda) == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert mocov3.loader_workers(2040, cuda) == 7
+    assert mocov3.loader_workers(2040, cpu) == 0  # a prefetch thread, as the extraction
+    assert mocov3.loader_workers(2040, cuda, requested=3) == 3
+
+
+def test_device_augmentation_crops_and_flips_as_the_pil_pipeline(tmp_path, cache_dir):
+    """--augment device draws the PIL pipeline's boxes and flips and resizes with its
+    interpolation: on the CPU the digits get the very same pixels (torchvision's uint8
+    antialiased bilinear resize matches PIL's), JPEG files nearly (the decoders round apart),
+    and the probe's top-1 on the digits does not move."""
+    from PIL import Image
+
+    spec = ModelSpec("tinyvit", arch=TINY)
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(2):
+            (tmp_path / "jpegs" / split / f"c{c}").mkdir(parents=True)
+            for i in range(4):
+                small = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+                Image.fromarray(small).resize((160, 120), Image.BICUBIC).save(
+                    tmp_path / "jpegs" / split / f"c{c}" / f"{i}.jpg", quality=90)
+    cpu = torch.device("cpu")
+    for dataset, size, tolerance in (("digits", 32, 0.0), (f"imagefolder:{tmp_path / 'jpegs'}", 64, 0.05)):
+        prep = mocov3_train_preprocessing(spec.data_config(size))
+        raw = load_split(dataset_spec(dataset), "train", image_size=size)
+        pil = SeededAugmentation(raw, prep.transform, seed=0)
+        drawn = mocov3.DrawnAugmentation(raw, 0, (0.08, 1.0), (3 / 4, 4 / 3))
+        keys = [(e, i) for e in range(2) for i in range(8)]
+        images, labels = mocov3.augment_on_device([drawn[k] for k in keys], size, cpu)
+        expected = torch.stack([pil[k][0] for k in keys])
+        assert labels.tolist() == [pil[k][1] for k in keys]
+        diff = (images.float() - expected.float()).abs()
+        assert float(diff.mean()) <= tolerance
+        if tolerance:  # JPEGs: decoded from their bytes; the same flips (nearer than mirrored)
+            assert mocov3.image_file(raw, 0).endswith(".jpg") and drawn[(0, 0)][0].dim() == 1
+            mirrored = (images.flip(-1).float() - expected.float()).abs().mean((1, 2, 3))
+            assert bool((diff.mean((1, 2, 3)) < mirrored).all())
+    one = MoCoV3Recipe(epochs=2, batch_size=512, base_lr=1.0)
+    runs = {}
+    for augment in ("pil", "device"):
+        runs[augment] = mocov3.run_mocov3(spec, "digits", recipe=one, augment=augment,
+                                          settings=FeatureSettings(cache_dir=cache_dir, progress=False),
+                                          work_dir=str(tmp_path / "w"), log=lambda line: None)
+    assert runs["device"]["augment"] == "device" and runs["pil"]["augment"] == "pil"
+    assert runs["device"]["checkpoint"] != runs["pil"]["checkpoint"]  # another run key
+    assert runs["device"]["history"] == runs["pil"]["history"]
+    with pytest.raises(ValueError, match="--augment must be one of pil, device"):
+        mocov3.run_mocov3(spec, "digits", recipe=one, augment="gpu",
+                          settings=FeatureSettings(cache_dir=cache_dir, progress=False),
+                          work_dir=str(tmp_path / "w"), log=lambda line: None)
 
 
 def test_loader_workers_do_not_change_the_result(tmp_path, cache_dir):
