@@ -19,7 +19,7 @@ fast_path           cuda, mmengine                         45 s   SDPA fast path
 classification      cuda, timm                             60 s   21M vs Swin-T img/s, 224 b256
 onnxruntime         timm, onnx, onnxruntime                90 s   every execution provider
 probe_extraction    cuda, mmengine                         45 s   extraction vs raw forward
-cdfsl               cuda, mmengine                         60 s   a fine-tuned episode on CUDA
+cdfsl               cuda, mmengine                         90 s   fine-tuned episodes, E together
 mocov3              cuda, mmengine                         75 s   loop vs raw forward, 21M/224
 cascade             cuda, mmengine, mmdet, mmcv_ops        150 s  Cascade 21M vs Swin-T 1333x800
 distill             cuda, mmengine                         90 s   store vs supervised steps
@@ -43,7 +43,7 @@ upernet             cuda, mmengine, mmseg, mmcv_ops        90 s   tools/train.py
   fused model on the same batches in memory (img/s, ratio);
 * ``cdfsl``: a fine-tuned 5-way 5-shot episode (cdfsl's recipe, fewer epochs) on the GPU at
   21M/224, against the bare backbone steps on the same mini-batches; the 100-epoch episode is
-  extrapolated (labelled so); the hook for episodes trained together is :func:`cdfsl_together`;
+  extrapolated (labelled so); then 8 episodes trained together against the same 8 one at a time;
 * ``mocov3``: the MoCo v3 probe's training epochs at 21M/224 on generated JPEGs (decoding and
   augmentation in DataLoader workers) against the raw frozen forward on the same augmented
   batches in memory (img/s, ratio; the goal is 0.9);
@@ -250,6 +250,8 @@ class Sizes:
     cdfsl_size: int = 224
     cdfsl_epochs: int = 10                # of the recipe's 100: the rest is extrapolated
     cdfsl_shots: int = 5
+    cdfsl_together: int = 8               # episodes trained together, against one at a time
+    cdfsl_together_epochs: int = 2
     mocov3_arch: str | dict = "21m"
     mocov3_size: int = 224
     mocov3_images: int = 1024             # generated 320x240 JPEGs, decoded every epoch
@@ -275,7 +277,8 @@ class Sizes:
                    cls_kwargs=({}, {"img_size": 64, "window_size": 4}), cls_size=64,
                    cls_batch=1, cls_rounds=1,
                    ort_kwargs=dict(tiny_arch), ort_size=32, ort_batch=2, ort_rounds=1,
-                   cdfsl_arch=tiny_arch, cdfsl_size=64, cdfsl_epochs=1,
+                   cdfsl_arch=tiny_arch, cdfsl_size=64, cdfsl_epochs=1, cdfsl_together=2,
+                   cdfsl_together_epochs=1,
                    mocov3_arch=tiny_arch, mocov3_size=32, mocov3_images=24, mocov3_batch=8,
                    mocov3_rounds=1, nms_boxes=50, roi_features=(1, 4, 16, 16), rois=8, workers=0)
 
@@ -419,15 +422,17 @@ def export_classifier(model, image_size: int):
     return export_module(model, ["logits"], [None], check_sizes=[(image_size, image_size)])
 
 
-def cdfsl_episode(arch, *, image_size: int, shots: int, device: torch.device, seed: int = 0):
-    """A 5-way ``shots``-shot episode of the digits' test split (15 queries per class) for
-    the fine-tuned cdfsl protocol: a callable running it for N epochs (returns the query
-    accuracy, %), a callable running the bare backbone steps on the same mini-batches, and
-    the episode's settings."""
+def cdfsl_episodes(arch, *, image_size: int, shots: int, device: torch.device, count: int = 1,
+                   seed: int = 0):
+    """``count`` 5-way ``shots``-shot episodes of the digits' test split (15 queries per class)
+    for the fine-tuned cdfsl protocol in its default precision (float32, as finetune.py).
+    Returns (alone(epochs, i) -> episode i's query accuracy trained by itself, %;
+    together(epochs) -> the accuracies of all ``count`` trained together;
+    bare_steps(epochs) -> the backbone's steps of episode 0 alone; settings)."""
     import numpy as np
 
     from linear_probe.backbones import FeatureExtractor, ModelSpec, build_network
-    from linear_probe.cdfsl import finetune_episode, support_orders
+    from linear_probe.cdfsl import finetune_episode, finetune_episodes, support_orders
     from linear_probe.fewshot import sample_episodes
     from linear_probe.loaders import load_split
     from linear_probe.preprocessing import Preprocessed, eval_preprocessing
@@ -438,26 +443,28 @@ def cdfsl_episode(arch, *, image_size: int, shots: int, device: torch.device, se
     prep = eval_preprocessing("cdfsl", spec.data_config(image_size))
     raw = load_split(dataset_spec("digits"), "test", None, image_size)
     data = Preprocessed(raw, prep.transform)
-    episodes = sample_episodes(np.asarray(raw.targets), CDFSL_WAYS, shots, CDFSL_QUERIES, 1,
+    episodes = sample_episodes(np.asarray(raw.targets), CDFSL_WAYS, shots, CDFSL_QUERIES, count,
                                seed=seed)
 
     def images(rows):
         return prep.normalise(torch.stack([data[int(i)][0] for i in rows])).to(device)
 
-    support, query = images(episodes.support[0]), images(episodes.query[0])
+    support = torch.stack([images(episodes.support[i]) for i in range(count)])
+    query = torch.stack([images(episodes.query[i]) for i in range(count)])
     extractor = FeatureExtractor(build_network(spec)).to(device)
     initial = {k: v.detach().clone() for k, v in extractor.state_dict().items()}
-    dtype = amp_dtype(device) if device.type == "cuda" else None
 
-    def episode(epochs: int) -> float:
-        return finetune_episode(extractor, initial, support, query, CDFSL_WAYS, seed=seed,
-                                episode=0, recipe=CdfslRecipe().with_epochs(epochs),
-                                amp_dtype=dtype)
+    def alone(epochs: int, i: int = 0) -> float:
+        return finetune_episode(extractor, initial, support[i], query[i], CDFSL_WAYS, seed=seed,
+                                episode=i, recipe=CdfslRecipe().with_epochs(epochs))
+
+    def together(epochs: int):
+        return finetune_episodes(extractor, initial, support, query, CDFSL_WAYS, seed=seed,
+                                 episodes=list(range(count)),
+                                 recipe=CdfslRecipe().with_epochs(epochs))
 
     def bare_steps(epochs: int) -> int:
-        """The backbone's forward + backward + SGD step on the episode's mini-batches alone."""
-        from tinyvit_backbone.device import autocast
-
+        """The backbone's forward + backward + SGD step on episode 0's mini-batches alone."""
         recipe = CdfslRecipe()
         extractor.load_state_dict(initial)
         extractor.train()
@@ -465,11 +472,10 @@ def cdfsl_episode(arch, *, image_size: int, shots: int, device: torch.device, se
             p.requires_grad_(True)
         opt = torch.optim.SGD(extractor.parameters(), lr=recipe.backbone_lr)
         steps = 0
-        for order in support_orders(seed, 0, epochs, len(support)):
-            for j in range(0, len(support), recipe.batch_size):
+        for order in support_orders(seed, 0, epochs, support.shape[1]):
+            for j in range(0, support.shape[1], recipe.batch_size):
                 pick = torch.from_numpy(order[j:j + recipe.batch_size]).to(device)
-                with autocast(device, dtype):
-                    loss = extractor(support[pick]).float().sum()
+                loss = extractor(support[0][pick]).float().sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -478,17 +484,9 @@ def cdfsl_episode(arch, *, image_size: int, shots: int, device: torch.device, se
 
     settings = dict(ways=CDFSL_WAYS, shots=shots, queries=CDFSL_QUERIES,
                     batch=CdfslRecipe().batch_size, recipe_epochs=CdfslRecipe().epochs,
-                    steps_per_recipe_episode=CdfslRecipe().steps(len(support)),
-                    amp=str(dtype).removeprefix("torch.") if dtype else None,
-                    device=str(support.device))
-    return episode, bare_steps, settings
-
-
-def cdfsl_together(arch, *, image_size: int, shots: int, episodes: int, device: torch.device):
-    """Hook for fine-tuned episodes trained together (``episodes`` at once against one at a
-    time). linear_probe.cdfsl has no such API yet: returns None, and the section records that.
-    When it lands, return ``dict(together_s=..., one_at_a_time_s=..., episodes=...)`` here."""
-    return None
+                    steps_per_recipe_episode=CdfslRecipe().steps(support.shape[1]),
+                    precision="float32 (the protocol's default)", device=str(support.device))
+    return alone, together, bare_steps, settings
 
 
 def mocov3_loop(arch, dataset: str, *, image_size: int, batch_size: int, device: torch.device,
@@ -893,12 +891,9 @@ def check_probe_extraction(ctx: Context) -> dict:
     extractor, batches = probe_batches(s.probe_arch, image_size=s.probe_size,
                                        batch_size=s.probe_batch, device=dev)
     n = sum(len(b) for b in batches)
-    dtype = amp_dtype(dev) if dev.type == "cuda" else None
-    autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None
-                else contextlib.nullcontext())
 
-    def forward_all():
-        with torch.inference_mode(), autocast:
+    def forward_all():  # float32, the extraction's default precision
+        with torch.inference_mode():
             for images in batches:
                 extractor(images.to(dev, non_blocking=True))
 
@@ -914,7 +909,7 @@ def check_probe_extraction(ctx: Context) -> dict:
     best = max(loops, key=lambda m: m["images_per_s"])
     return dict(problems=[], arch=str(s.probe_arch), image_size=s.probe_size,
                 batch=s.probe_batch, images=n, workers=s.workers,
-                amp=str(dtype).removeprefix("torch.") if dtype else None,
+                precision="float32 (the extraction's default)",
                 pipeline_img_s=best["images_per_s"], raw_forward_img_s=n / raw_s,
                 pipeline_vs_raw_ratio=best["images_per_s"] / (n / raw_s))
 
@@ -1006,22 +1001,38 @@ def check_cdfsl(ctx: Context) -> dict:
     """A fine-tuned cdfsl episode on the check's device: backbone and head trained together
     for ``cdfsl_epochs`` epochs in mini-batches of 4, after a one-epoch warm-up; against the
     bare backbone steps on the same mini-batches. The recipe's 100-epoch episode is
-    extrapolated linearly from the per-epoch cost (labelled so)."""
+    extrapolated linearly from the per-epoch cost (labelled so). Then ``cdfsl_together``
+    episodes trained together against the same episodes one at a time, for
+    ``cdfsl_together_epochs`` epochs each (time per episode, and whether every episode's
+    accuracy came out the same)."""
     gpu, s = ctx.gpu, ctx.sizes
     dev = gpu.device
-    episode, bare_steps, settings = cdfsl_episode(s.cdfsl_arch, image_size=s.cdfsl_size,
-                                                  shots=s.cdfsl_shots, device=dev)
+    alone, together, bare_steps, settings = cdfsl_episodes(
+        s.cdfsl_arch, image_size=s.cdfsl_size, shots=s.cdfsl_shots, device=dev,
+        count=s.cdfsl_together)
     if settings["device"].split(":")[0] != dev.type:
         raise RuntimeError(f"the episode's images are on {settings['device']}, not on {dev}")
-    episode(1)  # warm-up: cuDNN plans, the allocator
+    alone(1)  # warm-up: cuDNN plans, the allocator
     accuracy = []
-    episode_s = seconds_of(lambda: accuracy.append(episode(s.cdfsl_epochs)), gpu)
+    episode_s = seconds_of(lambda: accuracy.append(alone(s.cdfsl_epochs)), gpu)
     steps = []
     bare_s = seconds_of(lambda: steps.append(bare_steps(s.cdfsl_epochs)), gpu)
     per_step, bare_per_step = episode_s / steps[0], bare_s / steps[0]
     problems = [] if math.isfinite(accuracy[0]) else ["the episode's accuracy is not finite"]
-    together = cdfsl_together(s.cdfsl_arch, image_size=s.cdfsl_size, shots=s.cdfsl_shots,
-                              episodes=8, device=dev)
+
+    E, epochs = s.cdfsl_together, s.cdfsl_together_epochs
+    together(1)  # warm-up of the stacked path
+    one_by_one, stacked = [], []
+    one_s = seconds_of(lambda: one_by_one.extend(alone(epochs, i) for i in range(E)), gpu)
+    together_s = seconds_of(lambda: stacked.extend(together(epochs).tolist()), gpu)
+    same = [float(a) == float(b) for a, b in zip(one_by_one, stacked)]
+    together_figures = dict(
+        episodes=E, epochs=epochs, one_at_a_time_s_per_episode=one_s / E,
+        together_s_per_episode=together_s / E, speedup=one_s / together_s,
+        accuracies_one_at_a_time=one_by_one, accuracies_together=stacked,
+        same_accuracies=f"{sum(same)} of {E}",
+        note="float32 rounding differs between a grouped and a plain convolution, and a "
+             "fine-tuned backbone amplifies it: equality to 1e-5 is tested in float64 on CPU")
     return dict(problems=problems, arch=str(s.cdfsl_arch), image_size=s.cdfsl_size,
                 epochs=s.cdfsl_epochs, steps=steps[0], episode_s=episode_s,
                 query_accuracy=accuracy[0], s_per_step=per_step, bare_s_per_step=bare_per_step,
@@ -1029,9 +1040,7 @@ def check_cdfsl(ctx: Context) -> dict:
                 recipe_episode_s_extrapolated=per_step * settings["steps_per_recipe_episode"],
                 extrapolation=f"{settings['steps_per_recipe_episode']} steps at the measured "
                               f"s/step of a {s.cdfsl_epochs}-epoch episode",
-                together=together if together is not None else {
-                    "skipped": "linear_probe.cdfsl has no API for episodes trained together "
-                               "yet (hook: bench.gpu_check.cdfsl_together)"})
+                together=together_figures)
 
 
 def jpeg_folder(root: Path, images: int, classes: int = 4) -> Path:
@@ -1101,7 +1110,8 @@ SECTIONS: dict[str, Section] = {s.name: s for s in (
             ("timm", "onnx", "onnxruntime"), 90),  # CPU work: the export and its parity check
     Section("probe_extraction", "linear-probe feature extraction vs raw forward",
             check_probe_extraction, _MM, 45),
-    Section("cdfsl", "a fine-tuned cdfsl episode on the GPU vs its bare steps", check_cdfsl, _MM, 60),
+    Section("cdfsl", "a fine-tuned cdfsl episode on the GPU vs its bare steps; episodes "
+            "together vs one at a time", check_cdfsl, _MM, 90),
     Section("mocov3", "mocov3 training loop vs raw frozen forward, 21M/224", check_mocov3, _MM, 75),
     Section("cascade", "Cascade Mask R-CNN TinyViT-21M vs Swin-T training iterations",
             check_cascade, _MM + ("mmdet", "mmcv_ops"), 150),

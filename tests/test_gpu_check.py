@@ -427,7 +427,12 @@ def test_cdfsl_section(tmp_path):
     assert r["steps"] == 7  # 25 support images in mini-batches of 4
     assert 0 <= r["query_accuracy"] <= 100 and r["s_per_step"] > 0 and r["bare_s_per_step"] > 0
     assert r["recipe_episode_s_extrapolated"] == pytest.approx(700 * r["s_per_step"], rel=1e-3)
-    assert "no API for episodes trained together" in r["together"]["skipped"]
+    together = r["together"]
+    assert together["episodes"] == 2 and together["epochs"] == 1
+    assert len(together["accuracies_together"]) == len(together["accuracies_one_at_a_time"]) == 2
+    assert together["speedup"] == pytest.approx(
+        together["one_at_a_time_s_per_episode"] / together["together_s_per_episode"], rel=1e-3)
+    assert r["precision"].startswith("float32")
 
 
 def test_mocov3_section(tmp_path):
