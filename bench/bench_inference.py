@@ -49,13 +49,14 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Figure, main  # noqa: E402
+from bench.common import Figure, build_parser, main  # noqa: E402
 
 BENCH = "inference"
 ARCHS = ("5m", "11m", "21m")
@@ -332,7 +333,7 @@ def measure_extraction(arch: str, images: int, rounds: int, with_compile: bool) 
     return figures
 
 
-def run(quick: bool = False) -> list[Figure]:
+def run(quick: bool = False, archs: Sequence[str] = ARCHS) -> list[Figure]:
     if torch.cuda.is_available():
         raise RuntimeError("bench_inference measures CPU runtimes; run it on a CPU machine "
                            "(CUDA_VISIBLE_DEVICES= python bench/bench_inference.py)")
@@ -348,7 +349,7 @@ def run(quick: bool = False) -> list[Figure]:
         figures += measure_extraction("5m", images=32, rounds=1, with_compile=False)
     else:
         for size, batch in SIZES:
-            for arch in ARCHS:
+            for arch in archs:
                 figures += measure_forward(arch, size, batch, rounds=7 if batch > 1 else 5,
                                            with_compile=True)
         figures += measure_extraction("5m", images=256, rounds=3, with_compile=True)
@@ -370,5 +371,13 @@ def run(quick: bool = False) -> list[Figure]:
     return figures
 
 
+def build_inference_parser():
+    parser = build_parser(__doc__)
+    parser.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS),
+                        help="the TinyViT sizes the full run measures at every input (default: "
+                             "all three; each costs several torch.compile runs)")
+    return parser
+
+
 if __name__ == "__main__":
-    sys.exit(main(run))
+    sys.exit(main(run, parser=build_inference_parser(), options=("archs",)))

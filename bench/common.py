@@ -11,7 +11,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 
@@ -116,13 +116,15 @@ def build_parser(doc: str | None):
     return parser
 
 
-def main(run: Callable[..., list[Figure]], argv: list[str] | None = None, parser=None) -> int:
+def main(run: Callable[..., list[Figure]], argv: list[str] | None = None, parser=None,
+         options: Sequence[str] = ()) -> int:
     """``python bench/bench_<name>.py [--quick]``: run one benchmark and print its figures.
-    ``parser``: :func:`build_parser`'s, extended by the benchmark (default: a new one)."""
+    ``parser``: :func:`build_parser`'s, extended by the benchmark (default: a new one);
+    ``options``: the names of its extra arguments that ``run`` takes as keywords."""
     if parser is None:
         parser = build_parser(sys.modules[run.__module__].__doc__)
     args = parser.parse_args(argv)
     print(machine_info())
-    for fig in run(quick=args.quick):
+    for fig in run(quick=args.quick, **{name: getattr(args, name) for name in options}):
         print(describe(fig))
     return 0
