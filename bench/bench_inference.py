@@ -4,8 +4,8 @@ Runtimes, on the same random-weight TinyViT classifier (timm's ``tiny_vit_{5m,11
 its 21,841-class head included) and the same fp32 input, each with torch's thread count:
 
 * peers: ``timm eager`` (the baseline); ``torch.compile`` of the timm model (inductor, see
-  :func:`compile_peer`; its
-  compile time in ``extra``); ``onnxruntime (timm export)``: the timm model exported by
+  :func:`compile_peer`; its compile time in ``extra``); ``onnxruntime (timm export)``: the
+  timm model exported by
   ``torch.onnx.export`` at the measured shape and run by ONNX Runtime (what a user of timm gets
   without this project);
 * this project: ``default``, the one ``--backend auto`` runs on the CPU:
