@@ -134,14 +134,15 @@ def _onnx_of_timm(model, x) -> bytes:
 
 
 def compile_peer(model: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` (inductor) with its C++ tiling heuristic off: with it on, torch 2.14.1
-    had not finished compiling TinyViT-21M at 224 px batch 8 after 28 minutes on this project's
-    2-core machine (the heuristic's index simplification in sympy); off, the compile took 21 s
-    and ran at 14.9 img/s against eager's 9.0."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.cpp.enable_tiling_heuristics = False
-    return torch.compile(model)
+    """``torch.compile`` (inductor) for one fixed input shape, as the ONNX Runtime peer's
+    fixed-shape export: ``dynamic=False``. Left to decide, dynamo compiled a second input shape
+    of timm's ``forward`` (or one remembered in inductor's cache folder from an earlier run) with
+    dynamic sizes, and inductor's index simplification then had not finished TinyViT-21M at
+    224 px batch 8 after 28 minutes on this project's 2-core machine; with static shapes the
+    two compiles of the first calls (the second after timm fills its attention-bias cache) took
+    38 s and 17 s."""
+    torch._dynamo.reset()  # no shape decisions carried over from another model or input
+    return torch.compile(model, dynamic=False)
 
 
 def _runtimes(arch: str, x: torch.Tensor, with_compile: bool) -> tuple[dict, dict]:
