@@ -134,7 +134,7 @@ def measure(size: int | tuple[int, int], batch: int, rounds: int, archs=ARCHS) -
 
 
 def run(quick: bool = False) -> list[Figure]:
-    # GPUs get GPU-sized batches; the CPU ones are those of the measurements
+    # GPUs get GPU-sized batches; the CPU ones are those of the inference benchmark's table
     scale = 8 if torch.cuda.is_available() else 1
     if quick:
         return (measure(224, 8 * scale, rounds=3, archs=("5m", "21m"))
