@@ -214,7 +214,7 @@ def test_mim_train_cascade_fetches_its_weights_over_http(tmp_path):
     torch.save({"model": timm_to_official(ref.state_dict())}, mirror / name)
     httpd = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_Handler, directory=str(mirror)))
-    httpd.hits, httpd.cut = [], set()
+    httpd.hits, httpd.cut, httpd.cut_quietly = [], set(), set()
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         scenes = tmp_path / "scenes"
