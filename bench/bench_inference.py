@@ -10,9 +10,12 @@ its 21,841-class head included) and the same fp32 input, each with torch's threa
   without this project);
 * this project: ``default``, the one ``--backend auto`` runs on the CPU:
   :func:`~tinyvit_backbone.inference.fuse_for_inference` under
-  :class:`~tinyvit_backbone.inference.BatchParallel` (batches split over one-thread workers,
-  single images split into row bands over them); ``fast path, OpenMP``: the same fused model
-  called directly, one stream over torch's OpenMP threads; ``onnxruntime (tinyvit-export)``:
+  :class:`~tinyvit_backbone.inference.BatchParallel` in its ``auto`` mode, which measures its
+  two ways on the first calls and keeps the faster (warmed up here until it has chosen; the
+  choice is in ``extra``): ``fast path, threads`` (batches split over one-thread workers,
+  single images split into row bands over them) and ``fast path, OpenMP`` (the same fused model
+  called directly, one stream over torch's OpenMP threads), both also measured alone;
+  ``onnxruntime (tinyvit-export)``:
   the graph of ``tinyvit-export`` (dynamic axes, checked against PyTorch), which
   ``--backend onnxruntime`` runs.
 
@@ -35,7 +38,10 @@ and the fraction against it are in ``extra`` too (``onednn_peak_fraction``). Goa
 The run ends with the table of every runtime (img/s) per model and input, the default's share
 of the peak, and its ratio to the best peer.
 
-Fairness notes: the fast path keeps freed memory in the process (glibc mallopt, see
+Fairness notes: ONNX Runtime's threads do not spin after a run (see
+:class:`~tinyvit_backbone.onnx_runtime.OnnxRuntimeModel`): at its own unchanged speed, its
+spinning would otherwise slow whichever runtime follows it in a round by a quarter. The fast
+path keeps freed memory in the process (glibc mallopt, see
 :func:`~tinyvit_backbone.inference.retain_freed_memory`), which then also spares the peers in
 this process their page faults: they are measured at their best, not as a fresh process runs
 them. ``--quick`` (a few minutes): TinyViT-5M at 224 batch 8 and 800x1333 batch 1, no
@@ -63,8 +69,8 @@ BENCH = "inference"
 ARCHS = ("5m", "11m", "21m")
 SIZES = (((224, 224), 8), ((512, 512), 2), ((800, 1333), 1))
 PEERS = ("timm eager", "torch.compile", "onnxruntime (timm export)")
-DEFAULT = "default (fast path, threads)"
-PROJECT = (DEFAULT, "fast path, OpenMP", "onnxruntime (tinyvit-export)")
+DEFAULT = "default (fast path, auto)"
+PROJECT = (DEFAULT, "fast path, threads", "fast path, OpenMP", "onnxruntime (tinyvit-export)")
 PEAK = "fp32 torch.mm peak of this machine"
 PEAK_GOAL = 0.85
 
@@ -150,7 +156,7 @@ def _runtimes(arch: str, x: torch.Tensor, with_compile: bool) -> tuple[dict, dic
     import timm
 
     from tinyvit_backbone.export import export_module
-    from tinyvit_backbone.inference import BatchParallel, fuse_for_inference
+    from tinyvit_backbone.inference import TRIALS, BatchParallel, fuse_for_inference
     from tinyvit_backbone.onnx_runtime import OnnxRuntimeModel
 
     torch.manual_seed(0)
@@ -169,8 +175,14 @@ def _runtimes(arch: str, x: torch.Tensor, with_compile: bool) -> tuple[dict, dic
     timm_ort = OnnxRuntimeModel(_onnx_of_timm(model, x))
     setup["timm_export_s"] = round(time.perf_counter() - start, 1)
     fns["onnxruntime (timm export)"] = lambda: timm_ort(x)
-    threaded = BatchParallel(fast)
-    fns[DEFAULT] = lambda: threaded(x)
+    auto = BatchParallel(fast)
+    with torch.inference_mode():
+        for _ in range(2 * (TRIALS + 1)):  # its trials: from here on it runs its choice
+            auto(x)
+    setup["auto_chose"] = dict(auto.chosen)
+    threaded = BatchParallel(fast, mode="threads")
+    fns[DEFAULT] = lambda: auto(x)
+    fns["fast path, threads"] = lambda: threaded(x)
     fns["fast path, OpenMP"] = lambda: fast(x)
     start = time.perf_counter()
     exported = export_module(model, ["logits"], [None], check_sizes=[tuple(x.shape[2:])])
@@ -179,7 +191,9 @@ def _runtimes(arch: str, x: torch.Tensor, with_compile: bool) -> tuple[dict, dic
     ours_ort = OnnxRuntimeModel(exported.onnx)
     fns["onnxruntime (tinyvit-export)"] = lambda: ours_ort(x)
     with torch.inference_mode():
-        setup["default_max_abs_diff"] = (threaded(x) - model(x)).abs().max().item()
+        reference = model(x)
+        setup["default_max_abs_diff"] = max((f(x) - reference).abs().max().item()
+                                            for f in (auto, threaded, fast))
     return fns, setup
 
 
@@ -242,8 +256,8 @@ def table_markdown(figures: list[Figure]) -> str:
     from tinyvit_backbone.tabular import Column, Table, num, text
     from tinyvit_backbone.tabular import to_markdown as render
 
-    runtimes = list(PEERS[:1]) + [DEFAULT, "fast path, OpenMP", *PEERS[1:],
-                                  "onnxruntime (tinyvit-export)"]
+    runtimes = list(PEERS[:1]) + [DEFAULT, "fast path, threads", "fast path, OpenMP",
+                                  *PEERS[1:], "onnxruntime (tinyvit-export)"]
     table = Table("inference", "CPU inference, img/s (median of paired rounds)",
                   [Column("model"), Column("input")]
                   + [Column(f"**{r}**" if r == DEFAULT else r, numeric=True, digits=2)
@@ -251,7 +265,7 @@ def table_markdown(figures: list[Figure]) -> str:
                   + [Column("default, % of matmul peak", numeric=True, digits=0),
                      Column("default, % of oneDNN peak", numeric=True, digits=0),
                      Column("default / best peer", numeric=True, digits=2),
-                     Column("best peer"), Column("load")])
+                     Column("best peer"), Column("auto chose"), Column("load")])
     for fig in figures:
         if "vs best peer" not in fig.name or "input_size" not in fig.extra:
             continue  # the extraction loop's figures have their own lines
@@ -266,6 +280,7 @@ def table_markdown(figures: list[Figure]) -> str:
                          num(100 * peak.value / max(peak.extra["onednn_matmul_peak_gflops"])),
                          num(fig.ratio),
                          text(fig.baseline.split(": ", 1)[1]),
+                         text(", ".join(e.get("auto_chose", {}).values()) or "-"),
                          text("{}-{}".format(*e["load_range"]))])
     if figures:
         peaks = next(f.extra["matmul_peak_gflops"] for f in figures if f.baseline == PEAK)
@@ -273,7 +288,8 @@ def table_markdown(figures: list[Figure]) -> str:
         table.footnotes = [
             f"matmul peak: torch.mm {max(peaks):.0f} GFLOP/s (runs {', '.join(f'{p:.0f}' for p in peaks)}); "
             f"oneDNN {max(onednn):.0f} GFLOP/s; threads {torch.get_num_threads()}",
-            "default = --backend auto: fuse_for_inference under BatchParallel"]
+            "default = --backend auto: fuse_for_inference under BatchParallel, mode auto "
+            "(the faster of threads and OpenMP, measured on its first calls)"]
     return render(table, heading_level=0)
 
 

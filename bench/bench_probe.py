@@ -66,7 +66,7 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from bench.common import Figure, main, time_call  # noqa: E402
+from bench.common import Figure, build_parser, main, time_call  # noqa: E402
 
 BENCH = "probe"
 # the smallest TinyViT the tests use: per-step overhead dominates its steps at small inputs
@@ -707,45 +707,59 @@ def _synthetic(n: int, dim: int, classes: int, seed: int = 0):
     return X, y
 
 
-def run(quick: bool = True) -> list[Figure]:
+PARTS = ("extraction", "sweep", "mocov3", "cdfsl-frozen", "finetuned", "table5", "amp",
+         "jpeg", "mocov3-21m")
+
+
+def run(quick: bool = True, parts=PARTS) -> list[Figure]:
     from linear_probe.backbones import ModelSpec
     from linear_probe.extract import extract_splits
 
+    parts = set(parts)
     figures: list[Figure] = []
     # quick: a 4-stage TinyViT small enough for a one-minute run; full: TinyViT-5M widths
     spec = (ModelSpec("tinyvit", arch=ARCH_TINY_32PX, label="tinyvit-tiny") if quick
             else ModelSpec("tinyvit", arch=ARCH_32PX, label="tinyvit-5m-w421"))
     case = "tiny" if quick else "5m"
-    # quick: the 540 test images; full: all 1,797 (less timer noise)
-    figures += _extraction_figures(f"digits32_{case}", spec, "digits", "test" if quick else "all",
-                                   32, 64)
-    with tempfile.TemporaryDirectory() as cache:
-        ex = extract_splits(spec, "digits", ["train", "test"], cache_dir=cache, device="cpu",
-                            progress=False)
-        train, test = ex.splits["train"], ex.splits["test"]
-        figures += _sweep_figures(f"digits_{case}", np.array(train.features), train.labels,
-                                  np.array(test.features), test.labels)
-    figures += _mocov3_figures(f"digits32_{case}", spec, repeats=2 if quick else 4)
-    figures += _cdfsl_frozen_figures(quick)
-    # fine-tuned episodes together: a tiny backbone on small inputs, where per-step overhead
-    # dominates (the regime batch 4 puts a GPU in), and TinyViT-5M at 224 px (compute-bound)
-    # (48 px: the smallest input at which 5-shot's last single-image mini-batch leaves the
-    # last stage's batch-norm more than one value per channel)
-    tiny = ModelSpec("tinyvit", arch=ARCH_TINIEST, label="tinyvit-tiny")
-    figures += cdfsl_together_figures("digits48_tiny", tiny, 48, count=32, epochs=(1, 3),
-                                      together=None, repeats=2 if quick else 3, goal=5.0)
-    if not quick:
-        # E = 4 fixed: on a CPU the automatic E is 1 here (batching does not pay), and the
-        # figure is what 4 together cost against one at a time
-        figures += cdfsl_together_figures("digits224_5m", ModelSpec("tinyvit", arch="5m"), 224,
-                                          count=4, epochs=(1, 2), together=4, repeats=1)
-    figures += _table5_finetuned_figure()
-    figures += _amp_effect_figures(ModelSpec("tinyvit", arch=ARCH_TINY_32PX, label="tinyvit-tiny")
-                                   if quick else spec, quick)
-    if not quick:
+    if "extraction" in parts:
+        # quick: the 540 test images; full: all 1,797 (less timer noise)
+        figures += _extraction_figures(f"digits32_{case}", spec, "digits",
+                                       "test" if quick else "all", 32, 64)
+    if "sweep" in parts:
+        with tempfile.TemporaryDirectory() as cache:
+            ex = extract_splits(spec, "digits", ["train", "test"], cache_dir=cache, device="cpu",
+                                progress=False)
+            train, test = ex.splits["train"], ex.splits["test"]
+            figures += _sweep_figures(f"digits_{case}", np.array(train.features), train.labels,
+                                      np.array(test.features), test.labels)
+    if "mocov3" in parts:
+        figures += _mocov3_figures(f"digits32_{case}", spec, repeats=2 if quick else 4)
+    if "cdfsl-frozen" in parts:
+        figures += _cdfsl_frozen_figures(quick)
+    if "finetuned" in parts:
+        # fine-tuned episodes together: a tiny backbone on small inputs, where per-step
+        # overhead dominates (the regime batch 4 puts a GPU in), and TinyViT-5M at 224 px
+        # (compute-bound) (48 px: the smallest input at which 5-shot's last single-image
+        # mini-batch leaves the last stage's batch-norm more than one value per channel)
+        tiny = ModelSpec("tinyvit", arch=ARCH_TINIEST, label="tinyvit-tiny")
+        figures += cdfsl_together_figures("digits48_tiny", tiny, 48, count=32, epochs=(1, 3),
+                                          together=None, repeats=2 if quick else 3, goal=5.0)
+        if not quick:
+            # E = 4 fixed: on a CPU the automatic E is 1 here (batching does not pay), and the
+            # figure is what 4 together cost against one at a time
+            figures += cdfsl_together_figures("digits224_5m", ModelSpec("tinyvit", arch="5m"),
+                                              224, count=4, epochs=(1, 2), together=4, repeats=1)
+    if "table5" in parts:
+        figures += _table5_finetuned_figure()
+    if "amp" in parts:
+        figures += _amp_effect_figures(ModelSpec("tinyvit", arch=ARCH_TINY_32PX,
+                                                 label="tinyvit-tiny") if quick else spec, quick)
+    if not quick and "sweep" in parts:
         X, y = _synthetic(10000, 384, 50)
         figures += _sweep_figures("synthetic8k_384d_50c", X[:8000], y[:8000], X[8000:], y[8000:])
+    if not quick and "jpeg" in parts:
         figures += _jpeg_extraction()
+    if not quick and "mocov3-21m" in parts:
         figures += mocov3_21m_jpeg_figures(repeats=3)
     return figures
 
@@ -761,5 +775,17 @@ def _jpeg_extraction() -> list[Figure]:
                                    f"imagefolder:{root}", "test", 224, 32, repeats=2)
 
 
+def build_probe_parser():
+    parser = build_parser(__doc__)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="the sections to run (default: all): extraction and sweep (digits; "
+                             "the full run adds synthetic features), mocov3 (digits), "
+                             "cdfsl-frozen, finetuned (episodes together), table5 (the "
+                             "extrapolated GPU-hours), amp (bf16 against float32), and in the "
+                             "full run only jpeg (224-px extraction from JPEG files) and "
+                             "mocov3-21m (TinyViT-21M at 224 px on JPEG files)")
+    return parser
+
+
 if __name__ == "__main__":
-    sys.exit(main(run))
+    sys.exit(main(run, parser=build_probe_parser(), options=("parts",)))

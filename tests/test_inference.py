@@ -1,6 +1,7 @@
 """The fast inference path: padded windows, batch and row threads, memory reuse, backend choice."""
 import copy
 import sys
+import threading
 
 import pytest
 import timm
@@ -48,13 +49,13 @@ def test_batch_threads_give_the_same_outputs_and_keep_grad_mode():
     x = torch.randn(19, 3, 40, 56)  # 3 slices of at most MAX_CHUNK images over 2 workers
     with torch.inference_mode():
         whole = backbone(x)
-        split = BatchParallel(backbone, workers=2)(x)
+        split = BatchParallel(backbone, workers=2, mode="threads")(x)
         assert all(t.is_inference() for t in split)
     assert len(split) == len(whole)
     for a, b in zip(split, whole):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     with torch.no_grad():
-        logits = BatchParallel(classifier, workers=2)(x)
+        logits = BatchParallel(classifier, workers=2, mode="threads")(x)
         torch.testing.assert_close(logits, classifier(x), rtol=0, atol=1e-6)
         assert not logits.requires_grad and not logits.is_inference()
 
@@ -68,8 +69,10 @@ def test_small_batches_split_rows_over_threads_and_match_timm(size, monkeypatch)
     torch.manual_seed(0)
     reference = _randomise_stats(timm.models.tiny_vit.TinyVit(num_classes=7, **SMALL)).eval()
     backbone_ref = _randomise_stats(TinyViT(arch=SMALL, out_indices=(0, 1, 2, 3))).eval()
-    classifier = BatchParallel(fuse_for_inference(copy.deepcopy(reference)), workers=2)
-    backbone = BatchParallel(fuse_for_inference(copy.deepcopy(backbone_ref)), workers=3)
+    classifier = BatchParallel(fuse_for_inference(copy.deepcopy(reference)), workers=2,
+                               mode="threads")
+    backbone = BatchParallel(fuse_for_inference(copy.deepcopy(backbone_ref)), workers=3,
+                             mode="threads")
     bands = []
     real = inference._in_workers
     monkeypatch.setattr(inference, "_in_workers",
@@ -84,6 +87,82 @@ def test_small_batches_split_rows_over_threads_and_match_timm(size, monkeypatch)
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
         assert bands
     assert torch.equal(x, before)
+
+
+class _Recorder(torch.nn.Module):
+    """Records whether each call ran inside a one-thread worker, a band split or OpenMP."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x):
+        worker = threading.current_thread().name.startswith("tinyvit-batch")
+        self.calls.append("bands" if inference._local.__dict__.get("workers") else
+                          "threads" if worker else "openmp")
+        return x * 2
+
+
+@pytest.mark.parametrize("faster", ["threads", "openmp"])
+def test_auto_mode_measures_both_ways_and_keeps_the_faster(faster, monkeypatch):
+    """``auto`` alternates the two modes (a warm-up call, then TRIALS timed calls each) and then
+    runs the one with the lower median time per element, per regime; every RECHECK calls it
+    measures again. The clock is scripted: each call of the slower mode takes 3 ticks, of the
+    faster 1 (its warm-up call is slow, which must not count)."""
+    module = _Recorder()
+    auto = BatchParallel(module, workers=2)
+    now = [0.0]
+    monkeypatch.setattr(inference, "_clock", lambda: now[0])
+    real_run = BatchParallel._run
+    ran = []
+
+    def run(self, x, mode, regime, workers):
+        warm_up = mode not in ran
+        ran.append(mode)
+        now[0] += 1.0 if mode == faster and not warm_up else 3.0 if mode != faster else 100.0
+        return real_run(self, x, mode, regime, workers)
+
+    monkeypatch.setattr(BatchParallel, "_run", run)
+    x = torch.ones(4, 3, 8, 8)
+    trial_calls = 2 * (inference.TRIALS + 1)
+    with torch.inference_mode():
+        for _ in range(trial_calls):
+            torch.testing.assert_close(auto(x), x * 2)
+        assert auto.chosen == {"slices": faster}
+        assert ran[:4] == ["threads", "openmp", "threads", "openmp"]  # alternated
+        assert set(module.calls) == {"threads", "openmp"}  # workers of one thread, and OpenMP
+        ran.clear()
+        for _ in range(5):
+            auto(x)
+        assert set(ran) == {faster}
+        assert "bands" not in auto.chosen  # a batch under the worker count is its own regime
+        auto(x[:1])
+        assert "bands" not in auto.chosen and "slices" in auto.chosen
+        monkeypatch.setattr(inference, "RECHECK", 8)
+        for _ in range(3):
+            auto(x)
+        assert "slices" not in auto.chosen  # measured again after RECHECK calls
+        for _ in range(trial_calls):
+            auto(x)
+        assert auto.chosen["slices"] == faster
+
+
+def test_batch_parallel_modes_give_the_same_outputs():
+    torch.manual_seed(0)
+    model = fuse_for_inference(_randomise_stats(TinyViT(arch=SMALL)).eval())
+    x = torch.randn(5, 3, 48, 40)
+    with torch.inference_mode():
+        whole = model(x)
+        auto = BatchParallel(model, workers=2)
+        for mode in ("threads", "openmp"):
+            for a, b in zip(BatchParallel(model, workers=2, mode=mode)(x), whole):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        for _ in range(2 * (inference.TRIALS + 1) + 1):
+            for a, b in zip(auto(x), whole):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        assert auto.chosen["slices"] in ("threads", "openmp")
+    with pytest.raises(ValueError, match="mode must be one of auto, threads, openmp"):
+        BatchParallel(model, mode="fast")
 
 
 def test_reordered_weights_are_kept_per_shape_and_not_copied():

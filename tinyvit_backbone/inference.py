@@ -81,7 +81,9 @@ import ctypes
 import math
 import os
 import platform
+import statistics
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -195,29 +197,74 @@ def _over_bands(fn, units: int, images: int, workers: int) -> None:
         _in_workers(fn, bands, workers)
 
 
-class BatchParallel(nn.Module):
-    """Run ``module`` (a fused TinyViT) over ``workers`` threads of one intra-op thread each
-    (default: torch's thread count), on the CPU in float32 without autograd.
+MODES = ("auto", "threads", "openmp")
+TRIALS = 2  # timed calls per mode (after one warm-up call each) before "auto" settles
+RECHECK = 200  # calls of a settled regime after which "auto" measures both modes again
+_clock = time.perf_counter
 
-    Batches of at least ``workers`` images are split into slices of at most ``MAX_CHUNK``
-    images, each a whole forward on one thread. Smaller batches (a single detection image)
-    run in this thread, and each layer of ``module`` splits its rows into bands over the same
-    threads: window rows for attention, rows (with the rows a convolution reads above and
-    below) for the convolutions and the MLP. Why threads and not torch's OpenMP: see the module
-    docstring. Other devices, dtypes and a single thread run ``module`` directly. Outputs (a
-    tensor or a tuple of them) are those of ``module``.
+
+class BatchParallel(nn.Module):
+    """Run ``module`` (a fused TinyViT) on the CPU in float32 without autograd over the cores,
+    in the faster of two ways, which ``mode`` picks:
+
+    * ``threads``: ``workers`` threads of one intra-op thread each (default: torch's thread
+      count). Batches of at least ``workers`` images are split into slices of at most
+      ``MAX_CHUNK`` images, each a whole forward on one thread. Smaller batches (a single
+      detection image) run in this thread, and each layer of ``module`` splits its rows into
+      bands over the same threads: window rows for attention, rows (with the rows a
+      convolution reads above and below) for the convolutions and the MLP.
+    * ``openmp``: ``module`` called directly, every op split over torch's OpenMP threads.
+    * ``auto`` (default): both, measured on this machine. For each regime (batches of at least
+      ``workers`` images, smaller batches) the first calls alternate between the two modes:
+      one warm-up call each (weights are reordered for new shapes), then ``TRIALS`` timed
+      calls each; the mode with the lower median wall time per input element serves the
+      regime from then on, and every ``RECHECK`` calls the two are measured again (the load
+      of a shared machine changes). Which mode serves a regime: :attr:`chosen`.
+
+    Why both: see the module docstring. Other devices, dtypes and a single thread run
+    ``module`` directly. Outputs (a tensor or a tuple of them) are those of ``module``, equal
+    in every mode within float32 rounding.
     """
 
-    def __init__(self, module: nn.Module, workers: int | None = None):
+    def __init__(self, module: nn.Module, workers: int | None = None, mode: str = "auto"):
         super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.module = module
         self.workers = workers
+        self.mode = mode
+        self.chosen: dict[str, str] = {}  # regime ("slices" / "bands") -> mode, once settled
+        self._timings: dict[str, dict[str, list[float]]] = {}
+        self._calls: dict[str, int] = {}
 
     def forward(self, x: torch.Tensor):
         workers = self.workers or torch.get_num_threads()
         if workers < 2 or not _fast_cpu(x) or getattr(_local, "workers", 0):
             return self.module(x)
-        if x.shape[0] >= workers:
+        regime = "slices" if x.shape[0] >= workers else "bands"
+        if self.mode != "auto":
+            return self._run(x, self.mode, regime, workers)
+        if regime in self.chosen:
+            self._calls[regime] += 1
+            if self._calls[regime] < RECHECK:
+                return self._run(x, self.chosen[regime], regime, workers)
+            del self.chosen[regime]  # measure both again
+        timings = self._timings.setdefault(regime, {"threads": [], "openmp": []})
+        mode = min(timings, key=lambda m: len(timings[m]))  # alternate, threads first
+        start = _clock()
+        out = self._run(x, mode, regime, workers)
+        timings[mode].append((_clock() - start) / x.numel())
+        if all(len(t) > TRIALS for t in timings.values()):
+            # the first call of each mode is its warm-up
+            self.chosen[regime] = min(timings, key=lambda m: statistics.median(timings[m][1:]))
+            self._calls[regime] = 0
+            del self._timings[regime]
+        return out
+
+    def _run(self, x: torch.Tensor, mode: str, regime: str, workers: int):
+        if mode == "openmp":
+            return self.module(x)
+        if regime == "slices":
             chunk = min(MAX_CHUNK, math.ceil(x.shape[0] / workers))
             return _concat(_in_workers(self.module, x.split(chunk), workers))
         _local.workers = workers
