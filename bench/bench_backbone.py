@@ -6,8 +6,9 @@ Figures (all images/s, higher is better):
 * ``tinyvit-X backbone vs timm @S``: the mmdet/mmseg wrapper against timm's own
   ``forward_intermediates`` on the same weights; goal: at most 2% slower (speedup >= 0.98);
 * ``tinyvit-X fast vs timm @S``: :func:`fuse_for_inference` under :class:`BatchParallel` (the
-  project's default CPU runtime: batches over one-thread workers, single images in row bands;
-  a pass-through on a GPU) against the same baseline;
+  project's default CPU runtime: the faster, measured on its first calls, of torch's OpenMP
+  threads and one-thread workers (batches in slices, single images in row bands); a
+  pass-through on a GPU) against the same baseline;
 * ``tinyvit-21m backbone|fast vs swin-t @S``: the paper's comparison pair; goal for the fast
   path: at least Swin-T's throughput (speedup >= 1.0).
 

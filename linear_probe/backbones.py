@@ -220,8 +220,8 @@ def build_extractor(spec: ModelSpec, layer: str = "pooled", device=None,
 
     ``backend='onnxruntime'`` (TinyViT on the CPU): that extractor exported to ONNX, checked
     against it at ``image_size`` and run by ONNX Runtime; called the same way. The torch
-    TinyViT extractor splits CPU batches over threads (:class:`~tinyvit_backbone.inference.
-    BatchParallel`)."""
+    TinyViT extractor runs over the CPU's cores in the faster of two ways, measured on its first
+    batches (:class:`~tinyvit_backbone.inference.BatchParallel`)."""
     net = build_network(spec)
     if fuse and spec.kind == "tinyvit":
         from tinyvit_backbone.inference import fuse_for_inference
@@ -232,6 +232,6 @@ def build_extractor(spec: ModelSpec, layer: str = "pooled", device=None,
         return onnxruntime_module(extractor, "features", (image_size, image_size))
     if fuse and spec.kind == "tinyvit":
         from tinyvit_backbone.inference import BatchParallel
-        extractor = BatchParallel(extractor)  # CPU batches over threads; a no-op elsewhere
+        extractor = BatchParallel(extractor)  # over the CPU's cores; a no-op elsewhere
     return extractor.to(device) if device is not None else extractor
 

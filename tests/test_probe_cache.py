@@ -209,6 +209,26 @@ def test_prefetch_thread_keeps_order_raises_errors_and_stops_on_break():
     assert len(produced) <= 3 + 1 + 2 + 1  # at most `depth` batches (plus one in hand) ahead
 
 
+def test_prefetch_thread_prepares_on_one_intra_op_thread():
+    """The producer's torch ops run on one thread: an OpenMP team of its own beside the
+    consumer's took the cores from it (fine-tuned episodes 2.5x slower on 2 cores); the
+    consumer keeps its threads."""
+    from linear_probe.extract import prefetched
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+
+        def threads_seen():
+            for _ in range(3):
+                yield torch.get_num_threads()
+
+        assert list(prefetched(threads_seen())) == [1, 1, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_interrupted_extraction_leaves_no_prefetch_thread(folder, tmp_path, monkeypatch):
     import threading
 

@@ -58,13 +58,23 @@ other processes on the machine move little):
   one stream (4 per thread: 8%; 8: 13%). With the 2 cores shared (load average 3-11), 21M,
   median of paired rounds: 800x1333 batch 1, 0.44 img/s against 0.33 for ONNX Runtime and
   0.19 for this path on OpenMP (0.17-0.23 against 0.11-0.17 and 0.06 at load 6-11); 224 px
-  batch 8, 9.8 against 7.1 img/s; 512 px batch 2, 1.16 against 0.81.
+  batch 8, 9.8 against 7.1 img/s; 512 px batch 2, 1.16 against 0.81. With the 2 cores to
+  itself the barrier costs little and one OpenMP stream led instead, by 0-12%: 21M 19.3
+  against 19.0 img/s at 224 px batch 8 and 0.89 against 0.79 at 800x1333; 5M 50.4 against
+  47.1 and 2.46 against 2.20. Neither wins everywhere, so ``BatchParallel``'s ``auto`` mode
+  (the default) times both on its first calls, keeps the faster for batches of at least one
+  image per thread and, separately, for smaller ones, and times both again every ``RECHECK``
+  calls.
 
 The result per core (one thread, CPU time, 21M): 224 px batch 4 (a worker's slice of 8) 0.98x
 ONNX Runtime (0.83-0.88x before the oneDNN, attention and MBConv steps), 800x1333 1.09x
-(0.94-1.01x);
-5M at 224 px 0.89x. With both cores the threads add the lead of no barriers, and at padded
-sizes the skipped padding. That is why ``--backend auto`` is this path at every batch size: the
+(0.94-1.01x); 5M at 224 px 0.89x. With both cores (quiet machine, ``bench/bench_inference.py``,
+ONNX Runtime's threads not spinning between runs, see
+:class:`~tinyvit_backbone.onnx_runtime.OnnxRuntimeModel`): 1.03-1.20x the best of ONNX
+Runtime, torch.compile and timm for 5M, 11M and 21M at 224 px batch 8, 512 px batch 2 and
+800x1333 batch 1; at padded sizes the skipped padding adds to the lead. 21M at 224 px batch 8
+runs at 81% of the machine's fp32 ``torch.mm`` peak on both cores (one thread, batch 4: 91% of
+one core's), 5M at 61%. That is why ``--backend auto`` is this path at every batch size: the
 exported graph on ONNX Runtime (``--backend onnxruntime``) was the choice for single images
 until the rows were split over threads. Why not torch.compile: it compiles per input shape
 (about a minute each for 21M on this machine) and detection inputs change size every batch;
