@@ -44,7 +44,7 @@ spinning would otherwise slow whichever runtime follows it in a round by a quart
 path keeps freed memory in the process (glibc mallopt, see
 :func:`~tinyvit_backbone.inference.retain_freed_memory`), which then also spares the peers in
 this process their page faults: they are measured at their best, not as a fresh process runs
-them. ``--quick`` (a few minutes): TinyViT-5M at 224 batch 8 and 800x1333 batch 1, no
+them. ``--quick`` (about a minute): TinyViT-5M at 224 batch 8 and 800x1333 batch 1, no
 torch.compile, 32 JPEGs.
 """
 from __future__ import annotations
