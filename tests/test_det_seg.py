@@ -12,6 +12,7 @@ import pytest
 from mmengine.config import Config
 
 import tinyvit_backbone  # noqa: F401  (registers TinyViT)
+from bench.common import subprocess_env
 from tinyvit_backbone.config_overlay import apply_overlay, task_of
 from tinyvit_backbone.embedded.scenes import CATEGORIES, SceneSettings, generate
 
@@ -126,7 +127,7 @@ def _train(tmp_path, config, extra=(), launcher=None):
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
             "--master_port", "29531", *cmd, "--launcher", "pytorch"] if launcher
            else [sys.executable, *cmd])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), OMP_NUM_THREADS="1")
+    env = subprocess_env(ROOT, OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout + out.stderr

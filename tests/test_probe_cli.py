@@ -5,6 +5,7 @@ import threading
 import numpy as np
 import pytest
 
+from bench.common import subprocess_env
 from linear_probe.__main__ import main
 from linear_probe.results import REQUIRED_FIELDS, append_jsonl, make_record, read_jsonl
 
@@ -225,9 +226,8 @@ def _fresh_python(code: str, *args: str) -> str:
     import subprocess
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=repo, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": path})
+                          text=True, timeout=120, env=subprocess_env(repo))
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.common import subprocess_env
 from linear_probe.__main__ import main
 from linear_probe.results import append_jsonl, make_record, read_jsonl
 from tests.helpers import COLOURS, write_colour_folder, write_colour_image
@@ -211,7 +212,7 @@ def test_an_append_cut_short_by_a_full_disk_leaves_no_torn_line(tmp_path):
     size = out.stat().st_size
     proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(out), str(size + 2455)],
                           cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": REPO})
+                          env=subprocess_env(REPO))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "wrote 2455 of " in proc.stdout and "the file is unchanged" in proc.stdout
     assert "Free disk space and rerun the command" in proc.stdout

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import linear_probe.mocov3 as mocov3
+from bench.common import subprocess_env
 from linear_probe.__main__ import main
 from linear_probe.backbones import ModelSpec
 from linear_probe.loaders import load_split
@@ -283,7 +284,7 @@ def test_two_processes_train_the_same_head_as_one(tmp_path, cache_dir):
               "--output", str(tmp_path / "r.jsonl")]
     assert main([*common, "--work-dir", str(tmp_path / "one")]) == 0
     exe = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    env = subprocess_env(REPO, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([exe, "--standalone", "--nproc-per-node", "2", "-m", "linear_probe",
                            *common, "--work-dir", str(tmp_path / "two")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)

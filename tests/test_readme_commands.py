@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import subprocess_env
 from tests.cli_entry_points import ROOT, capture_parser, entry_points, walk
 
 DOCS = ("README.md", "det_configs/README.md", "seg_configs/README.md", "docs/distill_store.md")
@@ -511,8 +512,8 @@ def run_command(cmd: Command, folder: Path) -> subprocess.CompletedProcess:
     """Run a RUN command once in the scratch folder; checks what RUN promises of it."""
     if cmd.text in _RAN:
         return _RAN[cmd.text]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TORCH_HOME=str(folder / "torch"),
-               HF_HUB_OFFLINE="1", TINYVIT_DATA=str(folder / "data"), CUDA_VISIBLE_DEVICES="")
+    env = subprocess_env(ROOT, TORCH_HOME=str(folder / "torch"), HF_HUB_OFFLINE="1",
+                         TINYVIT_DATA=str(folder / "data"), CUDA_VISIBLE_DEVICES="")
     assert _is_python(cmd.tokens[0]), cmd.id
     out = subprocess.run([sys.executable, *cmd.tokens[1:]], cwd=folder, env=env,
                          capture_output=True, text=True, timeout=300)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import subprocess_env
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -140,7 +142,6 @@ def test_resume_after_the_last_iteration_evaluates_and_checkpoints_are_small(tmp
     kept."""
     import glob
     import json
-    import os
     import subprocess
 
     import torch
@@ -155,7 +156,7 @@ def test_resume_after_the_last_iteration_evaluates_and_checkpoints_are_small(tmp
 
     def launch(*extra):
         # a process per launch, as a user runs it (mmengine's visualizer is one per process)
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = subprocess_env(ROOT)
         done = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), *argv, *extra],
                               capture_output=True, text=True, env=env, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]

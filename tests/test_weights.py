@@ -17,6 +17,7 @@ import pytest
 import timm
 import torch
 
+from bench.common import subprocess_env
 from tinyvit_backbone import zoo
 from tinyvit_backbone.backbone import TinyViT, build_timm_tinyvit
 from tinyvit_backbone.checkpoint import CheckpointError, load_pretrained, timm_to_official
@@ -536,7 +537,7 @@ def test_mmengine_resumes_with_the_plugin_imported_and_no_tinyvit_built(tmp_path
     """torch >= 2.6 loads with weights_only=True; mmengine's checkpoints hold its
     HistoryBuffer and NumPy scalars. With the package imported (before or after mmengine's
     runner), a run resumes whatever its model; importing the package still loads no runner."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = subprocess_env(ROOT)
     run = subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, order, str(tmp_path / "wd")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
@@ -589,9 +590,8 @@ def test_hub_tag_resolves_from_a_prepopulated_cache_offline(served, tmp_path):
     damaged_tag = "hf-hub:timm/damaged_copy"
     blob = _hf_cache(tmp_path / "hf", damaged_tag.removeprefix("hf-hub:"), data)
     blob.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hf"),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               HF_HUB_DISABLE_TELEMETRY="1")
+    env = subprocess_env(ROOT, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hf"),
+                         HF_HUB_DISABLE_TELEMETRY="1")
     run = subprocess.run([sys.executable, "-c", _OFFLINE_SCRIPT, tag, damaged_tag, missing],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -628,9 +628,8 @@ def test_an_unreachable_hub_is_told_at_once_and_the_cache_still_serves(served, t
     tag, missing = zoo.ZOO[NAME].hub_tag, "timm/tiny_vit_5m_224.dist_in22k_ft_in1k"
     _hf_cache(tmp_path / "hf", tag, save({k: v.contiguous() for k, v in ref5.state_dict().items()}))
     dead = _dead_url()
-    env = dict(os.environ, HF_ENDPOINT=dead, HF_HUB_CACHE=str(tmp_path / "hf"),
-               HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1,localhost",
-               PYTHONPATH=str(ROOT))
+    env = subprocess_env(ROOT, HF_ENDPOINT=dead, HF_HUB_CACHE=str(tmp_path / "hf"),
+                         HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1,localhost")
     env.pop("HF_HUB_OFFLINE", None)
     run = subprocess.run([sys.executable, "-c", _UNREACHABLE_SCRIPT, tag, missing],
                          capture_output=True, text=True, env=env, timeout=300)
@@ -705,10 +704,9 @@ def test_hub_tag_is_downloaded_once_into_the_hf_cache_and_refetched_when_damaged
     hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
     hub.hits, hub.files = [], {"/timm/tiny_test/resolve/main/model.safetensors": data}
     threading.Thread(target=hub.serve_forever, daemon=True).start()
-    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{hub.server_address[1]}",
-               HF_HUB_CACHE=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1",
-               NO_PROXY="127.0.0.1,localhost",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = subprocess_env(ROOT, HF_ENDPOINT=f"http://127.0.0.1:{hub.server_address[1]}",
+                         HF_HUB_CACHE=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1",
+                         NO_PROXY="127.0.0.1,localhost")
     try:
         run = subprocess.run([sys.executable, "-c", _ONLINE_SCRIPT, "timm/tiny_test",
                               json.dumps(TINY)], capture_output=True, text=True, env=env,
