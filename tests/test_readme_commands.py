@@ -505,13 +505,14 @@ def _project_reads(var: str) -> bool:
 
 
 # ------------------------------------------------------------------------------ running
-_RAN: dict[str, subprocess.CompletedProcess] = {}
+_RAN: dict[tuple[str, str], subprocess.CompletedProcess] = {}
 
 
 def run_command(cmd: Command, folder: Path) -> subprocess.CompletedProcess:
     """Run a RUN command once in the scratch folder; checks what RUN promises of it."""
-    if cmd.text in _RAN:
-        return _RAN[cmd.text]
+    key = (str(folder), cmd.text)  # a module fixture is made anew when tests interleave
+    if key in _RAN:
+        return _RAN[key]
     env = subprocess_env(ROOT, TORCH_HOME=str(folder / "torch"), HF_HUB_OFFLINE="1",
                          TINYVIT_DATA=str(folder / "data"), CUDA_VISIBLE_DEVICES="")
     assert _is_python(cmd.tokens[0]), cmd.id
@@ -522,7 +523,7 @@ def run_command(cmd: Command, folder: Path) -> subprocess.CompletedProcess:
         assert json.loads(out.stdout), f"{cmd.id}: empty JSON result"
     if "scenes.json" in RUN[cmd.text]:
         assert (folder / "data/embedded/scenes/scenes.json").is_file()
-    _RAN[cmd.text] = out
+    _RAN[key] = out
     return out
 
 
