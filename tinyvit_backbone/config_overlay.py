@@ -284,15 +284,10 @@ def _dist_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tinyvit_backbone.config_overlay",
-        description="Write CONFIG with the embedded-scenes CPU overlay as a standalone config "
-                    "(for `mim train` / tools/train.py).")
-    parser.add_argument("config", help="an mmdet or mmseg config file (det_configs/*.py, "
-                        "seg_configs/*.py)")
-    parser.add_argument("--out", help="config file to write (default: work_dirs/embedded/NAME.py, "
-                        "NAME being the config's, with the TinyViT size of --arch)")
+def add_overlay_options(parser, weights=None) -> None:
+    """The overlay's options, as this module's command line and tools/train.py --embedded take
+    them: the arguments of :func:`apply_overlay` and the scenes' folder. ``weights``: the group
+    that takes --backbone-checkpoint (default: ``parser``)."""
     parser.add_argument("--data-root", default=DEFAULT_ROOT,
                         help=f"the scenes' folder, generated there if missing (default {DEFAULT_ROOT})")
     parser.add_argument("--iters", type=int, default=20,
@@ -305,10 +300,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, help="learning rate (default: the config's)")
     parser.add_argument("--arch", help="a smaller TinyViT backbone: 5m / 11m / 21m or an arch "
                         "JSON file (neck and head channels follow; default: the config's)")
+    (weights or parser).add_argument(
+        "--backbone-checkpoint", help="backbone weights: a registry name, URL, timm/... hub tag "
+                                      "or path (default: random init)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tinyvit_backbone.config_overlay",
+        description="Write CONFIG with the embedded-scenes CPU overlay as a standalone config "
+                    "(for `mim train` / tools/train.py).")
+    parser.add_argument("config", help="an mmdet or mmseg config file (det_configs/*.py, "
+                        "seg_configs/*.py)")
+    parser.add_argument("--out", help="config file to write (default: work_dirs/embedded/NAME.py, "
+                        "NAME being the config's, with the TinyViT size of --arch)")
     weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--backbone-checkpoint",
-                         help="backbone weights: a registry name, URL, timm/... hub tag or path "
-                              "(default: random init)")
+    add_overlay_options(parser, weights)
     weights.add_argument("--keep-weights", action="store_true",
                          help="load the config's own backbone weights (fetched once through the "
                               "model zoo; TINYVIT_ZOO_MIRROR applies)")

@@ -31,6 +31,8 @@ def parse_args(argv=None):
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     from mmengine.config import DictAction
 
+    from tinyvit_backbone.config_overlay import add_overlay_options
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,23 +56,7 @@ def parse_args(argv=None):
         "iterations (tinyvit_backbone.config_overlay).")
     embedded.add_argument("--embedded", action="store_true",
                           help="apply the overlay (the options below only act with it)")
-    embedded.add_argument("--data-root", default="data/embedded/scenes",
-                          help="the scenes' folder, generated there on first use (default "
-                               "data/embedded/scenes)")
-    embedded.add_argument("--iters", type=int, default=20,
-                          help="training iterations; one evaluation and one checkpoint at the "
-                               "end (default 20)")
-    embedded.add_argument("--image-size", type=int, default=128,
-                          help="images are resized to fit this side in pixels (default 128)")
-    embedded.add_argument("--batch-size", type=int, default=2,
-                          help="images per iteration and process (default 2)")
-    embedded.add_argument("--lr", type=float,
-                          help="learning rate (default: the config's)")
-    embedded.add_argument("--arch", help="a smaller TinyViT backbone: 5m / 11m / 21m or an arch "
-                          "JSON file (neck and head channels follow; default: the config's)")
-    embedded.add_argument("--backbone-checkpoint",
-                          help="backbone weights: registry name, URL, timm/... hub tag or file "
-                               "(default: random init)")
+    add_overlay_options(embedded)
     parser.add_argument("--local-rank", "--local_rank", type=int, default=0,
                         help="set by the launcher (torch.distributed.launch; default 0); not "
                              "needed by hand")
