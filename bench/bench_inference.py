@@ -156,7 +156,7 @@ def _runtimes(arch: str, x: torch.Tensor, with_compile: bool) -> tuple[dict, dic
     import timm
 
     from tinyvit_backbone.export import export_module
-    from tinyvit_backbone.inference import TRIALS, BatchParallel, fuse_for_inference
+    from tinyvit_backbone.inference import TRIAL_CALLS, BatchParallel, fuse_for_inference
     from tinyvit_backbone.onnx_runtime import OnnxRuntimeModel
 
     torch.manual_seed(0)
@@ -177,7 +177,7 @@ def _runtimes(arch: str, x: torch.Tensor, with_compile: bool) -> tuple[dict, dic
     fns["onnxruntime (timm export)"] = lambda: timm_ort(x)
     auto = BatchParallel(fast)
     with torch.inference_mode():
-        for _ in range(2 * (TRIALS + 1)):  # its trials: from here on it runs its choice
+        for _ in range(TRIAL_CALLS):  # its trials: from here on it runs its choice
             auto(x)
     setup["auto_chose"] = dict(auto.chosen)
     threaded = BatchParallel(fast, mode="threads")

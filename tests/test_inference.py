@@ -124,7 +124,7 @@ def test_auto_mode_measures_both_ways_and_keeps_the_faster(faster, monkeypatch):
 
     monkeypatch.setattr(BatchParallel, "_run", run)
     x = torch.ones(4, 3, 8, 8)
-    trial_calls = 2 * (inference.TRIALS + 1)
+    trial_calls = inference.TRIAL_CALLS
     with torch.inference_mode():
         for _ in range(trial_calls):
             torch.testing.assert_close(auto(x), x * 2)
@@ -157,7 +157,7 @@ def test_batch_parallel_modes_give_the_same_outputs():
         for mode in ("threads", "openmp"):
             for a, b in zip(BatchParallel(model, workers=2, mode=mode)(x), whole):
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-        for _ in range(2 * (inference.TRIALS + 1) + 1):
+        for _ in range(inference.TRIAL_CALLS + 1):
             for a, b in zip(auto(x), whole):
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
         assert auto.chosen["slices"] in ("threads", "openmp")

@@ -209,6 +209,7 @@ def _over_bands(fn, units: int, images: int, workers: int) -> None:
 
 MODES = ("auto", "threads", "openmp")
 TRIALS = 2  # timed calls per mode (after one warm-up call each) before "auto" settles
+TRIAL_CALLS = 2 * (TRIALS + 1)  # the calls of a regime before "auto" runs its choice alone
 RECHECK = 200  # calls of a settled regime after which "auto" measures both modes again
 _clock = time.perf_counter
 
